@@ -1,0 +1,1 @@
+"""The compiled cffi module (_lib, built from native/); use colo_plane.native."""

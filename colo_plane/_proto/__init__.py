@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code (colo_pb2*, built from proto/colo.proto)."""

@@ -1,0 +1,1 @@
+"""Host agent: serves the Agent API and runs a host's replication roles."""

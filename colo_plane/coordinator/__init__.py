@@ -1,0 +1,1 @@
+"""Coordinator: the single authority over protected pairs."""

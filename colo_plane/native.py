@@ -1,0 +1,581 @@
+"""Typed wrapper over the native data plane (colo_plane._native._lib).
+
+The only module that touches cffi's ``ffi``/``lib``.  It checks arguments
+before calling C, turns every nonzero C return into an exception carrying
+the C message, and owns every native buffer.  The blocking calls (stream
+reads and writes, hashing) release the GIL, so callers run them in a
+thread (``asyncio.to_thread``) to keep an event loop serving.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from colo_plane import __version__
+from colo_plane._native._lib import ffi, lib
+
+PAGE_SIZE: Final = int(lib.COLO_PAGE_SIZE)
+MAX_PFNS_PER_RECORD: Final = int(lib.COLO_MAX_PFNS_PER_RECORD)
+MAX_CONTEXT_BYTES: Final = int(lib.COLO_MAX_CONTEXT_BYTES)
+
+
+class ErrorCode(enum.IntEnum):
+    """C error codes (enum colo_error in native/colo.h)."""
+
+    OK = 0
+    NOMEM = 1
+    INVAL = 2
+    IO = 3
+    TIMEOUT = 4
+    EOF = 5
+    TRUNCATED = 6
+    BAD_MAGIC = 7
+    BAD_ID = 8
+    BAD_VERSION = 9
+    BAD_OPTIONS = 10
+    BAD_DOMAIN_HEADER = 11
+    UNKNOWN_RECORD = 12
+    RECORD_TOO_LONG = 13
+    BAD_LENGTH = 14
+    BAD_PADDING = 15
+    PFN_RANGE = 16
+    WRONG_DIRECTION = 17
+    BAD_CONTROL_ID = 18
+    STALE_GENERATION = 19
+    PROTOCOL = 20
+    NOT_PAUSED = 21
+    BACKEND = 22
+    NO_HYPERVISOR = 23
+    NOT_BUILT = 24
+    NOT_FOUND = 25
+    PERMISSION = 26
+    UNSUPPORTED = 27
+    SERVICE = 28
+
+
+class RecordType(enum.IntEnum):
+    """Stream record types (docs/stream.md)."""
+
+    END = 0x00
+    PAGE_DATA = 0x01
+    HVM_CONTEXT = 0x09
+    VERIFY = 0x0D
+    CHECKPOINT = 0x0E
+    CHECKPOINT_DIRTY_PFN_LIST = 0x0F
+    CHECKPOINT_STATE = 0x1005
+
+
+class ControlId(enum.IntEnum):
+    """COLO sync points (the seed's control ids)."""
+
+    CHECKPOINT_REQUEST = 0
+    SECONDARY_SUSPENDED = 1
+    SECONDARY_READY = 2
+    SECONDARY_RESUMED = 3
+
+
+class Direction(enum.IntEnum):
+    FORWARD = 0  # primary -> secondary: state
+    BACK = 1  # secondary -> primary: back channel
+
+
+class EventKind(enum.IntEnum):
+    CONTROL = 1
+    DIRTY = 2
+    VERIFY = 3
+    CHECKPOINT = 4
+    END = 5
+
+
+class Pattern(enum.IntEnum):
+    UNIFORM = 0
+    HOTSET = 1
+
+
+class DomainType(enum.IntEnum):
+    X86_PV = 1
+    X86_HVM = 2
+    X86_PVH = 3
+    SIM = 0x4353
+
+
+def _check_build() -> None:
+    """A stale or foreign build fails loudly at import, not later."""
+    built = ffi.string(lib.colo_version()).decode()
+    if built != __version__:
+        raise ImportError(
+            f"colo_plane native library is version {built}, the package is {__version__}: "
+            "rebuild it (make build)"
+        )
+    for enum_type, prefix in ((ErrorCode, "COLO_E_"), (RecordType, "COLO_REC_"), (ControlId, "COLO_CTL_")):
+        for member in enum_type:
+            name = "COLO_OK" if member.name == "OK" else prefix + member.name
+            if getattr(lib, name) != member.value:
+                raise ImportError(f"{name} differs between native/colo.h and colo_plane/native.py")
+
+
+_check_build()
+
+
+# ---- errors ----------------------------------------------------------------
+
+
+class NativeError(Exception):
+    """A C call failed; ``code`` says how, ``detail`` is the C message."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        self.code = ErrorCode(code) if code in ErrorCode._value2member_map_ else code
+        self.detail = detail
+        text = ffi.string(lib.colo_strerror(code)).decode()
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class InvalidArgument(NativeError, ValueError):
+    """The caller passed something the C side refused."""
+
+
+class StreamError(NativeError):
+    """The peer sent a malformed or out-of-place record: drop the connection."""
+
+
+class StreamClosed(NativeError):
+    """The peer closed the connection, cleanly (EOF) or inside a record."""
+
+
+class StreamTimeout(NativeError, TimeoutError):
+    """The peer sent nothing within the timeout."""
+
+
+class BackendError(NativeError):
+    """The hypervisor backend failed or is not available here."""
+
+
+_STREAM_CODES = frozenset(range(ErrorCode.BAD_MAGIC, ErrorCode.PROTOCOL + 1))
+_CLOSED_CODES = frozenset({ErrorCode.IO, ErrorCode.EOF, ErrorCode.TRUNCATED})
+_BACKEND_CODES = frozenset(range(ErrorCode.NOT_PAUSED, ErrorCode.SERVICE + 1))
+
+
+def _raise(code: int) -> None:
+    detail = ffi.string(lib.colo_last_error()).decode(errors="replace")
+    cls: type[NativeError]
+    if code == ErrorCode.INVAL:
+        cls = InvalidArgument
+    elif code == ErrorCode.TIMEOUT:
+        cls = StreamTimeout
+    elif code in _STREAM_CODES:
+        cls = StreamError
+    elif code in _CLOSED_CODES:
+        cls = StreamClosed
+    elif code in _BACKEND_CODES:
+        cls = BackendError
+    else:
+        cls = NativeError
+    raise cls(code, detail)
+
+
+def _check(code: int) -> None:
+    if code != 0:
+        _raise(code)
+
+
+def _u64(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be an integer in 0..2^64-1, got {value!r}")
+    return value
+
+
+def _timeout_ms(timeout: float | None) -> int:
+    """None waits for ever; otherwise whole milliseconds, at least 1."""
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
+    return max(1, min(int(timeout * 1000), 2**31 - 1))
+
+
+def version() -> str:
+    return str(ffi.string(lib.colo_version()).decode())
+
+
+def xen_built() -> bool:
+    return bool(lib.colo_xen_built())
+
+
+# ---- bitmaps ----------------------------------------------------------------
+
+
+class Bitmap:
+    """A set of pfns of one domain, one bit a page."""
+
+    __slots__ = ("_ptr",)
+
+    def __init__(self, nbits: int) -> None:
+        _u64("nbits", nbits)
+        out = ffi.new("colo_bitmap **")
+        _check(lib.colo_bitmap_new(nbits, out))
+        self._ptr = ffi.gc(out[0], lib.colo_bitmap_free)
+
+    @classmethod
+    def from_pfns(cls, nbits: int, pfns: Iterable[int]) -> Bitmap:
+        bm = cls(nbits)
+        bm.set_pfns(pfns)
+        return bm
+
+    @classmethod
+    def random(cls, nbits: int, count: int, seed: int) -> Bitmap:
+        """count distinct random bits, drawn from seed."""
+        bm = cls(nbits)
+        _check(lib.colo_bitmap_fill_random(bm._ptr, _u64("count", count), _u64("seed", seed)))
+        return bm
+
+    @property
+    def size(self) -> int:
+        return int(lib.colo_bitmap_size(self._ptr))
+
+    def count(self) -> int:
+        return int(lib.colo_bitmap_count(self._ptr))
+
+    def set(self, bit: int) -> None:
+        _check(lib.colo_bitmap_set(self._ptr, _u64("bit", bit)))
+
+    def __contains__(self, bit: object) -> bool:
+        if not isinstance(bit, int) or bit < 0:
+            return False
+        return int(lib.colo_bitmap_test(self._ptr, bit)) == 1
+
+    def clear(self) -> None:
+        lib.colo_bitmap_clear_all(self._ptr)
+
+    def set_pfns(self, pfns: Iterable[int]) -> None:
+        """Set every pfn; a pfn out of range raises and changes nothing."""
+        values = [_u64("pfn", p) for p in pfns]
+        if values:
+            _check(lib.colo_bitmap_set_pfns(self._ptr, ffi.new("uint64_t[]", values), len(values)))
+
+    def to_pfns(self) -> list[int]:
+        n = ffi.new("uint64_t *")
+        count = self.count()
+        buf = ffi.new("uint64_t[]", max(count, 1))
+        _check(lib.colo_bitmap_to_pfns(self._ptr, buf, count, n))
+        return list(ffi.unpack(buf, int(n[0])))
+
+    def next_set(self, start: int = 0) -> int | None:
+        """First set bit >= start, or None."""
+        bit = int(lib.colo_bitmap_next(self._ptr, _u64("start", start)))
+        return None if bit >= self.size else bit
+
+    def __or__(self, other: Bitmap) -> Bitmap:
+        out = Bitmap(self.size)
+        _check(lib.colo_bitmap_union(out._ptr, self._ptr, other._ptr))
+        return out
+
+    def __ior__(self, other: Bitmap) -> Bitmap:
+        _check(lib.colo_bitmap_union(self._ptr, self._ptr, other._ptr))
+        return self
+
+    def copy(self) -> Bitmap:
+        out = Bitmap(self.size)
+        _check(lib.colo_bitmap_copy(out._ptr, self._ptr))
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Bitmap) and bool(lib.colo_bitmap_equal(self._ptr, other._ptr))
+
+    def __hash__(self) -> int:  # mutable: not hashable
+        raise TypeError("Bitmap is mutable and not hashable")
+
+    def __repr__(self) -> str:
+        return f"Bitmap(size={self.size}, count={self.count()})"
+
+
+# ---- domains ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DomainHash:
+    """xxh64 over every page's hash, and over the vCPU context."""
+
+    memory: int
+    context: int
+
+
+class Domain:
+    """A guest domain behind a backend (sim or xen).  Close it when done.
+
+    A new sim domain starts paused, as ``xl create -p`` does.
+    """
+
+    __slots__ = ("_ptr",)
+
+    def __init__(self, ptr: Any) -> None:
+        self._ptr = ptr
+
+    @classmethod
+    def sim(
+        cls,
+        *,
+        pages: int,
+        seed: int = 0,
+        rate: int = 0,
+        pattern: Pattern = Pattern.UNIFORM,
+        hot_pages: int = 0,
+        hot_percent: int = 0,
+        service_pages: int = 0,
+    ) -> Domain:
+        cfg = ffi.new("struct colo_sim_config *")
+        cfg.pages = _u64("pages", pages)
+        cfg.seed = _u64("seed", seed)
+        cfg.rate = _u64("rate", rate)
+        cfg.pattern = int(Pattern(pattern))
+        cfg.hot_pages = _u64("hot_pages", hot_pages)
+        if not 0 <= hot_percent <= 100:
+            raise ValueError(f"hot_percent must be 0..100, got {hot_percent}")
+        cfg.hot_percent = hot_percent
+        cfg.service_pages = _u64("service_pages", service_pages)
+        out = ffi.new("colo_domain **")
+        _check(lib.colo_sim_open(cfg, out))
+        return cls(out[0])
+
+    @classmethod
+    def xen(cls, name: str) -> Domain:
+        """Open a Xen domain by name or decimal domid."""
+        if not name or "\0" in name:
+            raise ValueError("xen domain name must be a non-empty string")
+        out = ffi.new("colo_domain **")
+        _check(lib.colo_xen_open(name.encode(), out))
+        return cls(out[0])
+
+    def _p(self) -> Any:
+        if self._ptr is None:
+            raise ValueError("domain is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lib.colo_domain_close(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Domain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    @property
+    def backend(self) -> str:
+        return str(ffi.string(lib.colo_domain_backend(self._p())).decode())
+
+    @property
+    def pages(self) -> int:
+        return int(lib.colo_domain_pages(self._p()))
+
+    @property
+    def type(self) -> int:
+        return int(lib.colo_domain_type(self._p()))
+
+    @property
+    def paused(self) -> bool:
+        return bool(lib.colo_domain_is_paused(self._p()))
+
+    @property
+    def sim_writes(self) -> int:
+        """Page writes the sim vCPU has made (0 on other backends)."""
+        return int(lib.colo_sim_writes(self._p()))
+
+    def pause(self) -> None:
+        _check(lib.colo_domain_pause(self._p()))
+
+    def unpause(self) -> None:
+        _check(lib.colo_domain_unpause(self._p()))
+
+    def logdirty_enable(self) -> None:
+        _check(lib.colo_domain_logdirty_enable(self._p()))
+
+    def logdirty_disable(self) -> None:
+        _check(lib.colo_domain_logdirty_disable(self._p()))
+
+    def dirty_read_clear(self, out: Bitmap | None = None) -> Bitmap:
+        """Read and clear the dirty log in one step; returns the dirty set."""
+        bm = out if out is not None else Bitmap(self.pages)
+        _check(lib.colo_domain_dirty_read_clear(self._p(), bm._ptr))
+        return bm
+
+    def context(self) -> bytes:
+        buf = ffi.new("uint8_t[]", MAX_CONTEXT_BYTES)
+        n = ffi.new("uint64_t *")
+        _check(lib.colo_domain_context_get(self._p(), buf, MAX_CONTEXT_BYTES, n))
+        return bytes(ffi.buffer(buf, int(n[0])))
+
+    def set_context(self, blob: bytes) -> None:
+        _check(lib.colo_domain_context_set(self._p(), blob, len(blob)))
+
+    def _pfn(self, pfn: int) -> int:
+        _u64("pfn", pfn)
+        if pfn >= self.pages:
+            raise ValueError(f"pfn {pfn} past the domain's {self.pages} pages")
+        return pfn
+
+    def read_page(self, pfn: int) -> bytes:
+        buf = ffi.new("uint8_t[]", PAGE_SIZE)
+        _check(lib.colo_domain_read_page(self._p(), self._pfn(pfn), buf))
+        return bytes(ffi.buffer(buf, PAGE_SIZE))
+
+    def write_page(self, pfn: int, data: bytes) -> None:
+        """Write one page (tests and tools); the domain must be paused."""
+        if len(data) != PAGE_SIZE:
+            raise ValueError(f"a page is {PAGE_SIZE} bytes, got {len(data)}")
+        _check(lib.colo_domain_write_page(self._p(), self._pfn(pfn), data))
+
+    def hash(self) -> DomainHash:
+        mem, ctx = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        _check(lib.colo_domain_hash(self._p(), mem, ctx, ffi.NULL))
+        return DomainHash(int(mem[0]), int(ctx[0]))
+
+    def page_hashes(self) -> tuple[DomainHash, list[int]]:
+        """The domain hash and one hash a page (to name pages that differ)."""
+        mem, ctx = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        pages = ffi.new("uint64_t[]", self.pages)
+        _check(lib.colo_domain_hash(self._p(), mem, ctx, pages))
+        return DomainHash(int(mem[0]), int(ctx[0])), list(ffi.unpack(pages, self.pages))
+
+
+# ---- the stream -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What StreamReader.next() read: one sync point, dirty list, verify,
+    applied checkpoint or end of stream."""
+
+    kind: EventKind
+    control_id: int
+    generation: int
+    epoch: int
+    last_seq: int
+    pages: int
+    memory_hash: int
+    context_hash: int
+    bytes: int
+
+
+class StreamWriter:
+    """Writes records to a connected socket (the socket stays the caller's)."""
+
+    def __init__(self, sock: socket.socket, *, timeout: float | None = 30.0) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._timeout = _timeout_ms(timeout)
+
+    def header(self, dom: Domain) -> None:
+        _check(lib.colo_write_header(self._fd, dom._p(), self._timeout))
+
+    def pages(self, dom: Domain, pages: Bitmap) -> None:
+        """PAGE_DATA for every pfn in pages, straight from guest memory."""
+        _check(lib.colo_write_pages(self._fd, dom._p(), pages._ptr, self._timeout))
+
+    def context(self, dom: Domain) -> None:
+        _check(lib.colo_write_context(self._fd, dom._p(), self._timeout))
+
+    def control(self, control_id: ControlId, generation: int, epoch: int) -> None:
+        _check(lib.colo_write_control(self._fd, int(ControlId(control_id)), _u64("generation", generation),
+                                      _u64("epoch", epoch), self._timeout))
+
+    def dirty_list(self, pages: Bitmap) -> None:
+        _check(lib.colo_write_dirty_list(self._fd, pages._ptr, self._timeout))
+
+    def verify(self, epoch: int, digest: DomainHash, pages: int) -> None:
+        _check(lib.colo_write_verify(self._fd, _u64("epoch", epoch), digest.memory, digest.context,
+                                     _u64("pages", pages), self._timeout))
+
+    def checkpoint(self, generation: int, epoch: int, last_seq: int = 0) -> None:
+        _check(lib.colo_write_checkpoint(self._fd, _u64("generation", generation), _u64("epoch", epoch),
+                                         _u64("last_seq", last_seq), self._timeout))
+
+    def end(self) -> None:
+        _check(lib.colo_write_end(self._fd, self._timeout))
+
+    def raw_record(self, rec_type: int, body: bytes) -> None:
+        """Any record, zero-padded (tests and tools)."""
+        if not 0 <= rec_type < 2**32:
+            raise ValueError(f"record type {rec_type} is not a u32")
+        _check(lib.colo_write_raw_record(self._fd, rec_type, body, len(body), self._timeout))
+
+
+class StreamReader:
+    """Reads and checks one direction of a stream into a domain (forward) or
+    a dirty set (back channel).  Free it with close()."""
+
+    __slots__ = ("_dirty", "_dom", "_ptr", "_sock")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        direction: Direction,
+        dom: Domain,
+        *,
+        dirty_out: Bitmap | None = None,
+        min_generation: int = 0,
+        timeout: float | None = 30.0,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self._sock, self._dom, self._dirty = sock, dom, dirty_out
+        out = ffi.new("colo_reader **")
+        _check(lib.colo_reader_new(
+            sock.fileno(), int(Direction(direction)), dom._p(),
+            dirty_out._ptr if dirty_out is not None else ffi.NULL,
+            _u64("min_generation", min_generation), _timeout_ms(timeout), _timeout_ms(idle_timeout), out))
+        self._ptr = ffi.gc(out[0], lib.colo_reader_free)
+
+    def header(self) -> None:
+        _check(lib.colo_reader_header(self._ptr))
+
+    def next(self) -> Event:
+        """Reads records until one the caller must see (see EventKind).
+
+        Raises StreamTimeout when idle_timeout passes with no record: the
+        reader stays usable.  Any other error ends the stream; whatever
+        it staged of a checkpoint is dropped, guest memory untouched."""
+        ev = ffi.new("struct colo_event *")
+        _check(lib.colo_reader_next(self._ptr, ev))
+        return Event(EventKind(ev.kind), int(ev.control_id), int(ev.generation), int(ev.epoch),
+                      int(ev.last_seq), int(ev.pages), int(ev.memory_hash), int(ev.context_hash),
+                      int(ev.bytes))
+
+    def set_timeouts(self, timeout: float | None, idle_timeout: float | None) -> None:
+        lib.colo_reader_set_timeouts(self._ptr, _timeout_ms(timeout), _timeout_ms(idle_timeout))
+
+    def set_min_generation(self, generation: int) -> None:
+        lib.colo_reader_set_min_generation(self._ptr, _u64("generation", generation))
+
+    @property
+    def bytes_read(self) -> int:
+        return int(lib.colo_reader_bytes(self._ptr))
+
+
+# ---- raw baseline -----------------------------------------------------------
+
+
+class RawBuffer:
+    """A native buffer for the raw TCP baseline of the benches."""
+
+    __slots__ = ("_buf", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = _u64("size", size)
+        self._buf = ffi.new("uint8_t[]", size)
+
+
+def raw_send(sock: socket.socket, buf: RawBuffer, total: int, chunk: int) -> None:
+    _check(lib.colo_raw_send(sock.fileno(), buf._buf, buf.size, _u64("total", total), _u64("chunk", chunk)))
+
+
+def raw_recv(sock: socket.socket, buf: RawBuffer, total: int, chunk: int) -> None:
+    size = min(chunk, buf.size)
+    _check(lib.colo_raw_recv(sock.fileno(), buf._buf, size, _u64("total", total)))

@@ -1,0 +1,253 @@
+/*
+ * colo.h - the one public header of colo-plane's native data plane.
+ *
+ * It is also the cffi cdef (native/build_native.py feeds it to cffi), so it
+ * holds only what cffi's C parser accepts: no macros with expressions, no
+ * includes, no attributes.  Everything is an int error code (0 = COLO_OK)
+ * with a thread-local message from colo_last_error() for the details.
+ *
+ * Layers: bitmap (dirty sets), domain (a backend: sim or xen), stream
+ * (the libxc-v2-style record stream over a socket).  Python never loops
+ * over pages: every per-page loop is in here.
+ */
+
+/* ---- constants ---------------------------------------------------------- */
+
+#define COLO_PAGE_SHIFT 12
+#define COLO_PAGE_SIZE 4096
+#define COLO_MAX_PFNS_PER_RECORD 1024
+#define COLO_MAX_RECORD_BYTES 134217728
+#define COLO_MAX_CONTEXT_BYTES 1048576
+#define COLO_VERIFY_BYTES 32
+
+/* Error codes.  Each malformed-stream class of DESIGN.md section 3 has its
+ * own code so callers and tests can tell them apart. */
+enum colo_error {
+    COLO_OK = 0,
+    COLO_E_NOMEM = 1,            /* allocation failed */
+    COLO_E_INVAL = 2,            /* bad argument from the caller */
+    COLO_E_IO = 3,               /* socket error (errno in the message) */
+    COLO_E_TIMEOUT = 4,          /* socket not ready within the timeout */
+    COLO_E_EOF = 5,              /* peer closed cleanly between records */
+    COLO_E_TRUNCATED = 6,        /* peer closed inside a header or record */
+    COLO_E_BAD_MAGIC = 7,        /* image header marker is not all ones */
+    COLO_E_BAD_ID = 8,           /* image header id is not colo-plane's */
+    COLO_E_BAD_VERSION = 9,      /* image header version unsupported */
+    COLO_E_BAD_OPTIONS = 10,     /* big-endian or reserved option bits set */
+    COLO_E_BAD_DOMAIN_HEADER = 11, /* type, page shift or page count wrong */
+    COLO_E_UNKNOWN_RECORD = 12,  /* unknown mandatory record type */
+    COLO_E_RECORD_TOO_LONG = 13, /* body length past the record's bound */
+    COLO_E_BAD_LENGTH = 14,      /* body length disagrees with its contents */
+    COLO_E_BAD_PADDING = 15,     /* nonzero padding or reserved field */
+    COLO_E_PFN_RANGE = 16,       /* pfn past the domain's page count */
+    COLO_E_WRONG_DIRECTION = 17, /* record not allowed in this direction */
+    COLO_E_BAD_CONTROL_ID = 18,  /* CHECKPOINT_STATE with unknown id */
+    COLO_E_STALE_GENERATION = 19,/* record from an older generation */
+    COLO_E_PROTOCOL = 20,        /* record out of order */
+    COLO_E_NOT_PAUSED = 21,      /* operation needs a paused domain */
+    COLO_E_BACKEND = 22,         /* hypervisor call failed */
+    COLO_E_NO_HYPERVISOR = 23,   /* no hypervisor on this host */
+    COLO_E_NOT_BUILT = 24,       /* backend not compiled in */
+    COLO_E_NOT_FOUND = 25,       /* no such domain */
+    COLO_E_PERMISSION = 26,      /* not privileged enough */
+    COLO_E_UNSUPPORTED = 27,     /* hypervisor lacks a needed feature */
+    COLO_E_SERVICE = 28          /* guest service rejected a request */
+};
+
+/* Stream record types (docs/stream.md).  Xen's numbers where Xen has the
+ * record; CHECKPOINT_STATE is libxl's record 5 moved into a block of our
+ * own so it cannot collide with libxc's numbers. */
+enum colo_rec_type {
+    COLO_REC_END = 0x00,
+    COLO_REC_PAGE_DATA = 0x01,
+    COLO_REC_HVM_CONTEXT = 0x09,
+    COLO_REC_VERIFY = 0x0D,
+    COLO_REC_CHECKPOINT = 0x0E,
+    COLO_REC_CHECKPOINT_DIRTY_PFN_LIST = 0x0F,
+    COLO_REC_CHECKPOINT_STATE = 0x1005
+};
+
+/* COLO sync points (the seed's context control ids). */
+enum colo_control_id {
+    COLO_CTL_CHECKPOINT_REQUEST = 0,
+    COLO_CTL_SECONDARY_SUSPENDED = 1,
+    COLO_CTL_SECONDARY_READY = 2,
+    COLO_CTL_SECONDARY_RESUMED = 3
+};
+
+/* Which way a stream flows; decides which records a reader accepts. */
+enum colo_direction {
+    COLO_DIR_FORWARD = 0,   /* primary -> secondary: state */
+    COLO_DIR_BACK = 1       /* secondary -> primary: back channel */
+};
+
+/* ---- library ------------------------------------------------------------ */
+
+const char *colo_version(void);          /* package version compiled in */
+const char *colo_strerror(int code);     /* fixed text for a code */
+const char *colo_last_error(void);       /* details of this thread's last error */
+int colo_xen_built(void);                /* 1 when the xen backend is compiled in */
+
+/* ---- bitmaps (bitmap.c) ------------------------------------------------- */
+
+typedef struct colo_bitmap colo_bitmap;
+
+int colo_bitmap_new(uint64_t nbits, colo_bitmap **out);
+void colo_bitmap_free(colo_bitmap *bm);
+uint64_t colo_bitmap_size(const colo_bitmap *bm);
+void colo_bitmap_clear_all(colo_bitmap *bm);
+int colo_bitmap_set(colo_bitmap *bm, uint64_t bit);
+int colo_bitmap_test(const colo_bitmap *bm, uint64_t bit);   /* 1, 0, or -1 out of range */
+uint64_t colo_bitmap_count(const colo_bitmap *bm);
+int colo_bitmap_union(colo_bitmap *dst, const colo_bitmap *a, const colo_bitmap *b);
+int colo_bitmap_copy(colo_bitmap *dst, const colo_bitmap *src);
+int colo_bitmap_equal(const colo_bitmap *a, const colo_bitmap *b);
+/* Sets every pfn of the list; fails without change on a pfn out of range. */
+int colo_bitmap_set_pfns(colo_bitmap *bm, const uint64_t *pfns, uint64_t n);
+/* Writes set bits in ascending order; *n_out is the total set (may exceed cap). */
+int colo_bitmap_to_pfns(const colo_bitmap *bm, uint64_t *pfns, uint64_t cap, uint64_t *n_out);
+/* First set bit >= from, or colo_bitmap_size() when there is none. */
+uint64_t colo_bitmap_next(const colo_bitmap *bm, uint64_t from);
+/* Sets n distinct random bits drawn from seed (benches and tests). */
+int colo_bitmap_fill_random(colo_bitmap *bm, uint64_t n, uint64_t seed);
+
+/* ---- domains (domain.c + one file a backend) ---------------------------- */
+
+typedef struct colo_domain colo_domain;
+
+enum colo_sim_pattern {
+    COLO_PATTERN_UNIFORM = 0,   /* every page equally likely */
+    COLO_PATTERN_HOTSET = 1     /* hot_percent of writes hit the first hot_pages */
+};
+
+struct colo_sim_config {
+    uint64_t pages;          /* guest memory size in pages */
+    uint64_t seed;           /* per-host random stream for the vCPU */
+    uint64_t rate;           /* pages written per second while running */
+    uint32_t pattern;        /* enum colo_sim_pattern */
+    uint32_t hot_percent;    /* HOTSET: share of writes in the hot set */
+    uint64_t hot_pages;      /* HOTSET: size of the hot set */
+    uint64_t service_pages;  /* first pages, kept for the guest service */
+};
+
+int colo_sim_open(const struct colo_sim_config *cfg, colo_domain **out);
+/* name: a domain name or a decimal domid. */
+int colo_xen_open(const char *name, colo_domain **out);
+void colo_domain_close(colo_domain *dom);
+
+/* Domain types of the stream's domain header: Xen's numbers, and one of
+ * our own for the simulated domain. */
+enum colo_domain_type {
+    COLO_DOMTYPE_X86_PV = 1,
+    COLO_DOMTYPE_X86_HVM = 2,
+    COLO_DOMTYPE_X86_PVH = 3,
+    COLO_DOMTYPE_SIM = 0x4353
+};
+
+const char *colo_domain_backend(const colo_domain *dom);
+uint32_t colo_domain_type(const colo_domain *dom);
+uint64_t colo_domain_pages(const colo_domain *dom);
+int colo_domain_pause(colo_domain *dom);
+int colo_domain_unpause(colo_domain *dom);
+int colo_domain_is_paused(const colo_domain *dom);
+/* Start dirty logging (idempotent). */
+int colo_domain_logdirty_enable(colo_domain *dom);
+int colo_domain_logdirty_disable(colo_domain *dom);
+/* Read the dirty log into out (which is overwritten) and clear it, as one
+ * step with respect to the guest. */
+int colo_domain_dirty_read_clear(colo_domain *dom, colo_bitmap *out);
+
+/* vCPU context blob. */
+int colo_domain_context_get(colo_domain *dom, uint8_t *buf, uint64_t cap, uint64_t *len);
+int colo_domain_context_set(colo_domain *dom, const uint8_t *buf, uint64_t len);
+
+/* Copy pages out of and into guest memory (tests and tools; the stream
+ * moves pages without these). Writing needs a paused domain. */
+int colo_domain_read_page(colo_domain *dom, uint64_t pfn, uint8_t *buf);
+int colo_domain_write_page(colo_domain *dom, uint64_t pfn, const uint8_t *buf);
+
+/* Hashes (xxh64).  page_hashes, when not NULL, gets one hash per page. */
+int colo_domain_hash(colo_domain *dom, uint64_t *memory_hash,
+                     uint64_t *context_hash, uint64_t *page_hashes);
+
+/* Counters of the sim vCPU (0 on other backends). */
+uint64_t colo_sim_writes(const colo_domain *dom);
+
+/* Guest key-value service (sim): one request in, one reply out, state kept
+ * in the service pages.  The domain must be running. */
+int colo_sim_service(colo_domain *dom, const uint8_t *req, uint64_t req_len,
+                     uint8_t *reply, uint64_t cap, uint64_t *reply_len);
+
+/* ---- the stream (stream.c) ---------------------------------------------- */
+
+/* timeout_ms: how long one read or write may wait for the socket (-1: for
+ * ever).  The fd may be blocking or not. */
+
+/* Image header + domain header describing dom (its type and page count). */
+int colo_write_header(int fd, colo_domain *dom, int timeout_ms);
+/* PAGE_DATA records for every set bit of pages, written from guest memory,
+ * at most COLO_MAX_PFNS_PER_RECORD pfns a record. */
+int colo_write_pages(int fd, colo_domain *dom, const colo_bitmap *pages, int timeout_ms);
+int colo_write_context(int fd, colo_domain *dom, int timeout_ms);
+int colo_write_control(int fd, uint32_t control_id, uint64_t generation,
+                       uint64_t epoch, int timeout_ms);
+int colo_write_dirty_list(int fd, const colo_bitmap *pages, int timeout_ms);
+int colo_write_verify(int fd, uint64_t epoch, uint64_t memory_hash,
+                      uint64_t context_hash, uint64_t pages, int timeout_ms);
+int colo_write_checkpoint(int fd, uint64_t generation, uint64_t epoch,
+                          uint64_t last_seq, int timeout_ms);
+int colo_write_end(int fd, int timeout_ms);
+/* Any record, for tests and tools: body is written as given and padded. */
+int colo_write_raw_record(int fd, uint32_t type, const uint8_t *body,
+                          uint64_t len, int timeout_ms);
+
+/* What colo_reader_next() hands back: one event a call. */
+enum colo_event_kind {
+    COLO_EV_CONTROL = 1,      /* CHECKPOINT_STATE: control_id, generation, epoch */
+    COLO_EV_DIRTY = 2,        /* back channel dirty list merged into dirty_out */
+    COLO_EV_VERIFY = 3,       /* VERIFY: epoch, hashes, pages */
+    COLO_EV_CHECKPOINT = 4,   /* CHECKPOINT applied: generation, epoch, last_seq, pages */
+    COLO_EV_END = 5
+};
+
+struct colo_event {
+    uint32_t kind;           /* enum colo_event_kind */
+    uint32_t control_id;
+    uint64_t generation;
+    uint64_t epoch;
+    uint64_t last_seq;
+    uint64_t pages;          /* pages applied, or pfns in a dirty list */
+    uint64_t memory_hash;
+    uint64_t context_hash;
+    uint64_t bytes;          /* stream bytes read for this event */
+};
+
+typedef struct colo_reader colo_reader;
+
+/* dom is this side's domain: the peer's header must match its type and
+ * size; forward, it receives PAGE_DATA/HVM_CONTEXT.  dirty_out receives
+ * the back channel's dirty lists (back only; NULL forward).  Records of a
+ * generation below min_generation are refused.  timeout_ms bounds every
+ * wait inside a record; idle_timeout_ms the wait for the next record
+ * (a COLO_E_TIMEOUT there leaves the reader usable). */
+int colo_reader_new(int fd, int direction, colo_domain *dom,
+                    colo_bitmap *dirty_out, uint64_t min_generation,
+                    int timeout_ms, int idle_timeout_ms, colo_reader **out);
+void colo_reader_free(colo_reader *r);
+/* Reads and checks the image and domain headers. */
+int colo_reader_header(colo_reader *r);
+/* Reads records until one the caller must see.  Pages and context are
+ * staged in the domain and applied only by a whole CHECKPOINT; on any
+ * error the staged state is discarded and guest memory is untouched. */
+int colo_reader_next(colo_reader *r, struct colo_event *ev);
+void colo_reader_set_timeouts(colo_reader *r, int timeout_ms, int idle_timeout_ms);
+void colo_reader_set_min_generation(colo_reader *r, uint64_t min_generation);
+uint64_t colo_reader_bytes(const colo_reader *r);
+
+/* ---- raw baseline (bench.c) --------------------------------------------- */
+
+/* Send total bytes from buf in chunks of chunk bytes / receive them; the
+ * baseline the stream is measured against. */
+int colo_raw_send(int fd, const uint8_t *buf, uint64_t buf_len,
+                  uint64_t total, uint64_t chunk);
+int colo_raw_recv(int fd, uint8_t *buf, uint64_t buf_len, uint64_t total);

@@ -1,0 +1,122 @@
+/*
+ * internal.h - what the native .c files share and Python never sees:
+ * the backend vtable every hypervisor backend fills in, the staging area
+ * that makes a checkpoint apply in one step, and small helpers.
+ */
+#ifndef COLO_INTERNAL_H
+#define COLO_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <sys/uio.h>
+
+#include "colo.h"
+
+#define COLO_UNUSED(x) ((void)(x))
+
+/* ---- errors (error.c) --------------------------------------------------- */
+
+/* Records the message for colo_last_error() and returns code. */
+int colo_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Same, appending ": strerror(errno_value)". */
+int colo_fail_errno(int code, int errno_value, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- hashing (hash.c) --------------------------------------------------- */
+
+uint64_t colo_xxh64(const void *data, size_t len, uint64_t seed);
+
+/* ---- bitmaps (bitmap.c) ------------------------------------------------- */
+
+struct colo_bitmap {
+    uint64_t nbits;
+    uint64_t nwords;
+    uint64_t *words;
+};
+
+/* ---- backends ----------------------------------------------------------- */
+
+/* A batch of mapped guest pages: ptrs[i] is page pfns[i] until unmap. */
+struct colo_mapping {
+    uint8_t **ptrs;
+    uint64_t n;
+    void *handle;        /* backend's own (xen: the foreignmemory mapping) */
+};
+
+struct colo_backend_ops {
+    const char *name;
+    uint32_t type;       /* enum colo_domain_type; xen sets dom->type at open */
+    void (*close)(colo_domain *dom);
+    int (*pause)(colo_domain *dom);
+    int (*unpause)(colo_domain *dom);
+    int (*logdirty_enable)(colo_domain *dom);
+    int (*logdirty_disable)(colo_domain *dom);
+    /* Overwrite out with the dirty log and clear it, atomically. */
+    int (*dirty_read_clear)(colo_domain *dom, colo_bitmap *out);
+    int (*context_get)(colo_domain *dom, uint8_t *buf, uint64_t cap, uint64_t *len);
+    int (*context_set)(colo_domain *dom, const uint8_t *buf, uint64_t len);
+    /* Map n <= COLO_MAX_PFNS_PER_RECORD pages, pfns already range-checked.
+     * m->ptrs has room for n pointers.  writable: the caller will store. */
+    int (*map)(colo_domain *dom, const uint64_t *pfns, uint64_t n, int writable,
+               struct colo_mapping *m);
+    void (*unmap)(colo_domain *dom, struct colo_mapping *m);
+    /* Optional: make the staged pages guest memory without copying (sim
+     * swaps page pointers).  NULL: domain.c copies through map(). */
+    int (*commit_pages)(colo_domain *dom);
+};
+
+/* Pages and context received for a checkpoint, not yet guest memory. */
+struct colo_staging {
+    uint64_t n;              /* pages staged */
+    uint64_t cap;            /* slots allocated */
+    uint64_t *pfns;          /* pfns[i] is staged in slots[i] */
+    uint8_t **slots;         /* page-sized buffers from the domain's pool */
+    uint32_t *slot_of_pfn;   /* index + 1 per pfn, 0 = not staged */
+    uint8_t *context;
+    uint64_t context_len;
+    int has_context;
+};
+
+/* Page memory the domain owns: mmap'd chunks, all unmapped at close. */
+struct colo_chunk {
+    struct colo_chunk *next;
+    void *base;
+    size_t len;
+};
+
+struct colo_domain {
+    const struct colo_backend_ops *ops;
+    uint32_t type;           /* enum colo_domain_type, from ops->type unless the backend sets it */
+    uint64_t pages;
+    int paused;
+    struct colo_staging staging;
+    struct colo_chunk *chunks;
+    void *priv;              /* the backend's state */
+};
+
+/* domain.c: for backends. */
+int colo_domain_init(colo_domain *dom, const struct colo_backend_ops *ops,
+                     uint64_t pages, void *priv);
+/* n pages of zeroed, page-aligned memory owned by dom (freed at close). */
+int colo_domain_alloc_pages(colo_domain *dom, uint64_t n, uint8_t **out);
+
+/* domain.c: for the stream reader. */
+void colo_stage_discard(colo_domain *dom);
+/* Buffer to receive page pfn into (the same buffer if pfn is staged twice). */
+int colo_stage_page(colo_domain *dom, uint64_t pfn, uint8_t **buf);
+int colo_stage_context(colo_domain *dom, const uint8_t *buf, uint64_t len);
+/* Applies everything staged in one step (domain must be paused). */
+int colo_stage_commit(colo_domain *dom, uint64_t *pages_applied);
+
+/* ---- socket I/O (io.c) -------------------------------------------------- */
+
+/* Write every byte of iov (any count, partial writes resumed). */
+int colo_io_writev_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms);
+int colo_io_write_all(int fd, const void *buf, size_t len, int timeout_ms);
+/* Read exactly len bytes.  COLO_E_EOF if the peer closed before the first
+ * byte and at_boundary is set, COLO_E_TRUNCATED if it closed later. */
+int colo_io_read_all(int fd, void *buf, size_t len, int timeout_ms, int at_boundary);
+int colo_io_readv_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms);
+
+#endif

@@ -1,0 +1,117 @@
+/* io.c - whole reads and writes on a socket that may be non-blocking. */
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+/* Wait until fd is ready for events; 0 when ready. */
+static int wait_ready(int fd, short events, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = events};
+    int rc;
+    do {
+        rc = poll(&p, 1, timeout_ms);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0)
+        return colo_fail_errno(COLO_E_IO, errno, "poll on fd %d", fd);
+    if (rc == 0)
+        return colo_fail(COLO_E_TIMEOUT, "no progress on fd %d for %d ms", fd, timeout_ms);
+    return COLO_OK;
+}
+
+/* After a short transfer of done bytes, advance iov past them. */
+static void advance(struct iovec **iov, int *iovcnt, size_t done)
+{
+    while (*iovcnt > 0 && done >= (*iov)->iov_len) {
+        done -= (*iov)->iov_len;
+        (*iov)++;
+        (*iovcnt)--;
+    }
+    if (*iovcnt > 0) {
+        (*iov)->iov_base = (uint8_t *)(*iov)->iov_base + done;
+        (*iov)->iov_len -= done;
+    }
+}
+
+static int skip_empty(struct iovec **iov, int *iovcnt)
+{
+    while (*iovcnt > 0 && (*iov)->iov_len == 0) {
+        (*iov)++;
+        (*iovcnt)--;
+    }
+    return *iovcnt;
+}
+
+int colo_io_writev_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms)
+{
+    while (skip_empty(&iov, &iovcnt) > 0) {
+        ssize_t n = writev(fd, iov, iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
+        if (n >= 0) {
+            advance(&iov, &iovcnt, (size_t)n);
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int rc = wait_ready(fd, POLLOUT, timeout_ms);
+            if (rc)
+                return rc;
+            continue;
+        }
+        return colo_fail_errno(COLO_E_IO, errno, "write to fd %d", fd);
+    }
+    return COLO_OK;
+}
+
+int colo_io_write_all(int fd, const void *buf, size_t len, int timeout_ms)
+{
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    return colo_io_writev_all(fd, &iov, 1, timeout_ms);
+}
+
+/* readv until iov is full.  got_any tells the caller whether a close came
+ * before or after the first byte. */
+static int readv_loop(int fd, struct iovec *iov, int iovcnt, int timeout_ms, int at_boundary)
+{
+    size_t total = 0;
+    while (skip_empty(&iov, &iovcnt) > 0) {
+        ssize_t n = readv(fd, iov, iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
+        if (n > 0) {
+            total += (size_t)n;
+            advance(&iov, &iovcnt, (size_t)n);
+            continue;
+        }
+        if (n == 0) {
+            if (at_boundary && total == 0)
+                return colo_fail(COLO_E_EOF, "peer closed the stream");
+            return colo_fail(COLO_E_TRUNCATED, "peer closed the stream %zu bytes into a read", total);
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int rc = wait_ready(fd, POLLIN, timeout_ms);
+            if (rc)
+                return rc;
+            continue;
+        }
+        return colo_fail_errno(COLO_E_IO, errno, "read from fd %d", fd);
+    }
+    return COLO_OK;
+}
+
+int colo_io_read_all(int fd, void *buf, size_t len, int timeout_ms, int at_boundary)
+{
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    return readv_loop(fd, &iov, 1, timeout_ms, at_boundary);
+}
+
+int colo_io_readv_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms)
+{
+    return readv_loop(fd, iov, iovcnt, timeout_ms, 0);
+}
