@@ -246,8 +246,9 @@ uint64_t colo_reader_bytes(const colo_reader *r);
 
 /* ---- raw baseline (bench.c) --------------------------------------------- */
 
-/* Send total bytes from buf in chunks of chunk bytes / receive them; the
- * baseline the stream is measured against. */
+/* Send / receive total bytes in chunks of chunk bytes, walking through
+ * buf (wrapping); the baseline the stream is measured against. */
 int colo_raw_send(int fd, const uint8_t *buf, uint64_t buf_len,
                   uint64_t total, uint64_t chunk);
-int colo_raw_recv(int fd, uint8_t *buf, uint64_t buf_len, uint64_t total);
+int colo_raw_recv(int fd, uint8_t *buf, uint64_t buf_len,
+                  uint64_t total, uint64_t chunk);

@@ -1,0 +1,62 @@
+"""The `colo` command: daemons, client commands and benches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    from colo_plane import __version__, native
+
+    xen = "built" if native.xen_built() else "not built: xenctrl.h not found at build time"
+    if args.json:
+        print(json.dumps({"version": __version__, "native": native.version(), "backends": {
+            "sim": "built", "xen": xen}}))
+    else:
+        print(f"colo-plane {__version__} (native {native.version()})")
+        print("backend sim: built")
+        print(f"backend xen: {xen}")
+    return 0
+
+
+def _cmd_bench_stream(args: argparse.Namespace) -> int:
+    from colo_plane.bench import stream
+
+    results = stream.run(domain_mib=args.domain_mib, dirty_pages=args.dirty_pages, repeats=args.repeats)
+    print(json.dumps(stream.as_json(results)) if args.json else stream.render(results))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colo", description="COLO fault tolerance for virtual machines")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    version = sub.add_parser("version", help="print the version and the backends built")
+    version.add_argument("--json", action="store_true", help="one JSON object")
+    version.set_defaults(func=_cmd_version)
+
+    bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    bstream = bench_sub.add_parser("stream", help="stream writer+reader vs raw TCP over loopback")
+    bstream.add_argument("--domain-mib", type=int, default=256, help="domain size (default 256 MiB)")
+    bstream.add_argument("--dirty-pages", type=int, default=10_000, help="dirty set of the second case")
+    bstream.add_argument("--repeats", type=int, default=5, help="alternating runs of each (median kept)")
+    bstream.add_argument("--json", action="store_true", help="one JSON object of the figures")
+    bstream.set_defaults(func=_cmd_bench_stream)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""The Xen backend against a real hypervisor (the lab's boot 1: Xen 4.17 with
+shadow paging under QEMU).  dom0-init creates, before this runs:
+
+  pvh-src  PVH guest, running tests/xen/guest-init (writes COLO-LAB-<i>-)
+  pv-src   PV guest, the same
+  pvh-dst  PVH guest of the same size, created paused, never run: copy target
+  pv-dst   PV guest of the same size, created paused, never run
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import MODE, figure
+
+pytestmark = pytest.mark.skipif(MODE != "main", reason="lab boot 1 only")
+
+if MODE == "main":
+    from colo_plane import native
+    from colo_plane.native import BackendError, Bitmap, Domain, DomainType, ErrorCode, NativeError
+
+PATTERN = re.compile(rb"COLO-LAB-(\d+)-")
+SOURCES = ["pvh-src", "pv-src"]
+
+
+@pytest.fixture(params=SOURCES)
+def src(request: pytest.FixtureRequest) -> Iterator[Domain]:
+    dom = Domain.xen(request.param)
+    try:
+        yield dom
+    finally:
+        try:
+            dom.logdirty_disable()
+            dom.unpause()
+        finally:
+            dom.close()
+
+
+@pytest.fixture
+def pvh_pair() -> Iterator[tuple[Domain, Domain]]:
+    src, dst = Domain.xen("pvh-src"), Domain.xen("pvh-dst")
+    try:
+        yield src, dst
+    finally:
+        src.logdirty_disable()
+        src.unpause()
+        src.close()
+        dst.close()  # stays paused: it was never run
+
+
+def iterations(dom: Domain, pfns: list[int]) -> dict[int, int]:
+    """pfn -> newest guest iteration number found in the page."""
+    found = {}
+    for pfn in pfns:
+        nums = [int(m) for m in PATTERN.findall(dom.read_page(pfn))]
+        if nums:
+            found[pfn] = max(nums)
+    return found
+
+
+def dirty_window(dom: Domain, seconds: float) -> Bitmap:
+    """Run the guest for `seconds` from a clean log, pause, read-and-clear."""
+    dom.dirty_read_clear()
+    dom.unpause()
+    time.sleep(seconds)
+    dom.pause()
+    return dom.dirty_read_clear()
+
+
+# ---- opening ---------------------------------------------------------------
+
+
+def test_open_by_name_and_domid(src: Domain) -> None:
+    name = "pvh-src" if src.type == DomainType.X86_PVH else "pv-src"
+    domid = subprocess.run(["xl", "domid", name], check=True, capture_output=True, text=True).stdout.strip()
+    again = Domain.xen(domid)
+    try:
+        assert src.backend == again.backend == "xen"
+        assert src.pages == again.pages and src.type == again.type
+        assert src.type == (DomainType.X86_PVH if name.startswith("pvh") else DomainType.X86_PV)
+        assert src.pages >= 128 * 256, "a 128 MiB guest has at least 32768 pages"
+    finally:
+        again.close()
+    figure(f"{name}: pages (max gpfn + 1 / p2m size)", src.pages, "pages")
+
+
+# ---- pause stops the guest ---------------------------------------------------
+
+
+def test_pause_stops_the_guest(src: Domain) -> None:
+    src.logdirty_enable()
+    time.sleep(0.5)
+    src.pause()
+    src.dirty_read_clear()  # what the guest wrote before the pause
+    first, second = src.dirty_read_clear(), src.dirty_read_clear()
+    h1 = src.page_hashes()[1]
+    time.sleep(1.0)
+    h2 = src.page_hashes()[1]
+    assert first.count() == 0 and second.count() == 0, (first, second)
+    changed = [pfn for pfn, (a, b) in enumerate(zip(h1, h2)) if a != b]
+    assert not changed, f"memory of a paused domain changed at pfns {changed[:20]}"
+    assert src.dirty_read_clear().count() == 0
+    src.unpause()
+    time.sleep(1.0)
+    src.pause()
+    after = src.dirty_read_clear()
+    assert after.count() > 100, f"after unpause the guest dirtied only {after.count()} pages"
+    print(f"paused: 2 empty CLEANs, {len(h1)} page hashes unchanged; after unpause: {after.count()} dirty")
+
+
+# ---- the dirty bitmap is right -------------------------------------------------
+
+
+def test_dirty_bitmap_is_right(src: Domain) -> None:
+    src.logdirty_enable()
+    time.sleep(0.5)
+    src.pause()
+    before = src.dirty_read_clear()
+    n0 = max(iterations(src, before.to_pfns()).values(), default=0)
+    h0 = src.page_hashes()[1]
+    dirty = dirty_window(src, 1.5)
+    h1 = src.page_hashes()[1]
+    changed = [pfn for pfn, (a, b) in enumerate(zip(h0, h1)) if a != b]
+    missed = [pfn for pfn in changed if pfn not in dirty]
+    assert not missed, f"{len(missed)} pages changed but were not reported dirty: {[hex(p) for p in missed[:20]]}"
+    found = iterations(src, dirty.to_pfns())
+    n1 = max(found.values(), default=0)
+    assert n1 > n0, f"no newer guest iteration in the dirty pages (before {n0}, now {n1})"
+    newest = [pfn for pfn, n in found.items() if n == n1]
+    # Control: pages outside the dirty set never hold the newest iteration.
+    clean_sample = [pfn for pfn in range(src.pages) if pfn not in dirty][:: max(1, src.pages // 3000)][:3000]
+    stale = [pfn for pfn, n in iterations(src, clean_sample).items() if n >= n1]
+    assert not stale, f"non-dirty pages hold the newest iteration {n1}: {stale[:10]}"
+    print(f"window: {dirty.count()} dirty, {len(changed)} changed (all dirty), iteration {n0} -> {n1} "
+          f"in {len(newest)} dirty pages, {len(clean_sample)} clean pages sampled without it")
+
+
+# ---- copy through the backend and the stream -------------------------------------
+
+
+def stream_copy(src: Domain, dst: Domain, pages: Bitmap, *, context: bool) -> native.Event:
+    a, b = socket.socketpair()
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            w = native.StreamWriter(a, timeout=60)
+            w.header(src)
+            w.pages(src, pages)
+            if context:
+                w.context(src)
+            w.checkpoint(1, 1)
+            w.end()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=send)
+    t.start()
+    try:
+        r = native.StreamReader(b, native.Direction.FORWARD, dst, timeout=60)
+        r.header()
+        ev = r.next()
+    finally:
+        t.join()
+        a.close()
+        b.close()
+    assert not errors, errors
+    return ev
+
+
+def test_page_copy_to_a_paused_domain(pvh_pair: tuple[Domain, Domain]) -> None:
+    src, dst = pvh_pair
+    assert dst.paused, "the copy target was created paused"
+    assert (src.pages, src.type) == (dst.pages, dst.type)
+    src.logdirty_enable()
+    time.sleep(1.0)
+    src.pause()
+    dirty = src.dirty_read_clear()
+    pfns = dirty.to_pfns()
+    assert len(pfns) > 100
+    ev = stream_copy(src, dst, dirty, context=False)
+    assert ev.kind == native.EventKind.CHECKPOINT and ev.pages == len(pfns)
+    hs, hd = src.page_hashes()[1], dst.page_hashes()[1]
+    differ = [pfn for pfn in pfns if hs[pfn] != hd[pfn]]
+    assert not differ, f"{len(differ)} copied pages differ: {differ[:10]}"
+    assert all(src.read_page(p) == dst.read_page(p) for p in pfns[:: max(1, len(pfns) // 200)])
+    others = sum(1 for pfn in range(src.pages) if pfn not in dirty and hs[pfn] != hd[pfn])
+    print(f"copied {len(pfns)} dirty pages over the stream: byte-equal by hash; {others} other pages differ "
+          "(never copied)")
+
+
+# ---- vCPU context ----------------------------------------------------------------
+
+
+def hvm_records(blob: bytes) -> list[tuple[int, int, bytes]]:
+    """(typecode, instance, data) of an HVM save blob (hvm_save_descriptor)."""
+    out, off = [], 0
+    while off + 8 <= len(blob):
+        typecode = int.from_bytes(blob[off:off + 2], "little")
+        instance = int.from_bytes(blob[off + 2:off + 4], "little")
+        length = int.from_bytes(blob[off + 4:off + 8], "little")
+        out.append((typecode, instance, blob[off + 8:off + 8 + length]))
+        off += 8 + length
+        if typecode == 0:
+            break
+    return out
+
+
+def test_context_round_trip_pvh(pvh_pair: tuple[Domain, Domain]) -> None:
+    src, dst = pvh_pair
+    src.pause()
+    before = src.context()
+    dst.set_context(before)
+    after = dst.context()
+    assert len(before) > 0
+    if after != before:
+        diff = [(t, i) for (t, i, d), (t2, i2, d2) in zip(hvm_records(before), hvm_records(after))
+                if (t, i, d) != (t2, i2, d2)]
+        pytest.fail(f"context differs after set+get in HVM records (typecode, instance) {diff}")
+    types = sorted({t for t, _, _ in hvm_records(before)})
+    print(f"context of {len(before)} bytes, records {types}: set onto pvh-dst and read back equal")
+
+
+# ---- failure modes inside the lab ------------------------------------------------
+
+
+def expect(code: ErrorCode, text: str, name: str) -> NativeError:
+    with pytest.raises(NativeError) as info:
+        Domain.xen(name).close()
+    assert info.value.code == code, info.value
+    assert text in str(info.value), info.value
+    print(f"{name!r}: {info.value}")
+    return info.value
+
+
+def test_unknown_domain_name() -> None:
+    expect(ErrorCode.NOT_FOUND, "backend xen: no domain named 'no-such-guest'", "no-such-guest")
+
+
+def test_unknown_domid() -> None:
+    expect(ErrorCode.NOT_FOUND, "backend xen: no domain with id 4000", "4000")
+
+
+def test_dom0_refused() -> None:
+    expect(ErrorCode.INVAL, "refusing to operate on dom0", "0")
+
+
+def test_not_privileged() -> None:
+    code = (
+        "from colo_plane.native import Domain, NativeError\n"
+        "try:\n    Domain.xen('pvh-src')\nexcept NativeError as e:\n    print(int(e.code), e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], user=65534, group=65534, extra_groups=[],
+                         capture_output=True, text=True, cwd="/opt/colo", timeout=120)
+    print(out.stdout, out.stderr)
+    assert out.stdout.startswith(f"{int(ErrorCode.PERMISSION)} "), out
+    assert "backend xen: not privileged" in out.stdout
+
+
+def test_pv_guest_that_never_booted() -> None:
+    # A PV guest publishes its p2m while it boots: before that there is no
+    # pfn -> mfn table to map through, and the backend says so.
+    err = expect(ErrorCode.BACKEND, "has not published its p2m", "pv-dst")
+    assert isinstance(err, BackendError)
+
+
+def test_read_clear_needs_logdirty_enabled() -> None:
+    with Domain.xen("pv-src") as dom:
+        with pytest.raises(NativeError) as info:
+            dom.dirty_read_clear()
+        assert info.value.code == ErrorCode.INVAL and "log-dirty is not enabled" in str(info.value)
+
+
+def test_pv_context_set_refused() -> None:
+    with Domain.xen("pv-src") as dom:
+        dom.pause()
+        try:
+            blob = dom.context()
+            assert len(blob) > 0
+            with pytest.raises(NativeError) as info:
+                dom.set_context(blob)
+            assert info.value.code == ErrorCode.UNSUPPORTED and "PV domain" in str(info.value)
+        finally:
+            dom.unpause()
+
+
+def test_logdirty_enable_twice_and_reopen(src: Domain) -> None:
+    # "Already on" (a previous owner died with log-dirty on): a new handle
+    # restarts it instead of failing.
+    src.logdirty_enable()
+    src.logdirty_enable()
+    other = Domain.xen(str(subprocess.run(["xl", "domid", "pvh-src" if src.type == DomainType.X86_PVH else "pv-src"],
+                                          check=True, capture_output=True, text=True).stdout.strip()))
+    try:
+        other.logdirty_enable()
+        other.dirty_read_clear()
+    finally:
+        other.close()
+
+
+# ---- figures --------------------------------------------------------------------
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def test_figures(src: Domain) -> None:
+    name = "pvh-src" if src.type == DomainType.X86_PVH else "pv-src"
+    pause, unpause = [], []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        src.pause()
+        t1 = time.perf_counter()
+        src.unpause()
+        t2 = time.perf_counter()
+        pause.append(t1 - t0)
+        unpause.append(t2 - t1)
+        time.sleep(0.01)
+    figure(f"{name}: pause (median of 20)", median_ms(pause), "ms")
+    figure(f"{name}: unpause (median of 20)", median_ms(unpause), "ms")
+
+    src.logdirty_enable()
+    clean = []
+    for _ in range(10):
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        src.dirty_read_clear()
+        clean.append(time.perf_counter() - t0)
+    figure(f"{name}: CLEAN over the whole domain ({src.pages} pages, median of 10)", median_ms(clean), "ms")
+
+    src.pause()
+    dirty = dirty_window(src, 2.0)
+    pfns = dirty.to_pfns()[:1000]
+    if len(pfns) < 1000:  # top up with other RAM pages so the batch is 1,000
+        ram = [p for p in range(src.pages) if p not in dirty][: 1000 - len(pfns)]
+        pfns += ram
+    batch = Bitmap.from_pfns(src.pages, pfns)
+    figure(f"{name}: dirty pages in a 2 s window", dirty.count(), "pages")
+
+    a, b = socket.socketpair()
+    drained = []
+    t = threading.Thread(target=lambda: drained.append(drain(b, 1000 * 4104)))
+    t.start()
+    t0 = time.perf_counter()
+    native.StreamWriter(a, timeout=60).pages(src, batch)
+    elapsed = time.perf_counter() - t0
+    t.join()
+    a.close()
+    b.close()
+    figure(f"{name}: map + read 1,000 dirty pages into the stream (batches of 1024)", elapsed * 1e3, "ms")
+
+    t0 = time.perf_counter()
+    for pfn in pfns:
+        src.read_page(pfn)
+    figure(f"{name}: read_page x1,000 (one mapping each)", (time.perf_counter() - t0) * 1e3, "ms")
+
+    t0 = time.perf_counter()
+    src.hash()
+    figure(f"{name}: hash of the whole domain", (time.perf_counter() - t0) * 1e3, "ms")
+    src.unpause()
+
+
+def drain(sock: socket.socket, at_least: int) -> int:
+    got = 0
+    while got < at_least:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
