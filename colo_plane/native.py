@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -226,6 +226,11 @@ class Bitmap:
         return bm
 
     @classmethod
+    def full(cls, nbits: int) -> Bitmap:
+        """Every bit set (a first boot sends every page)."""
+        return cls.random(nbits, nbits, 0)
+
+    @classmethod
     def random(cls, nbits: int, count: int, seed: int) -> Bitmap:
         """count distinct random bits, drawn from seed."""
         bm = cls(nbits)
@@ -243,7 +248,7 @@ class Bitmap:
         _check(lib.colo_bitmap_set(self._ptr, _u64("bit", bit)))
 
     def __contains__(self, bit: object) -> bool:
-        if not isinstance(bit, int) or bit < 0:
+        if not isinstance(bit, int) or not 0 <= bit < self.size:
             return False
         return int(lib.colo_bitmap_test(self._ptr, bit)) == 1
 
@@ -438,15 +443,53 @@ class Domain:
         _check(lib.colo_domain_hash(self._p(), mem, ctx, ffi.NULL))
         return DomainHash(int(mem[0]), int(ctx[0]))
 
-    def page_hashes(self) -> tuple[DomainHash, list[int]]:
+    def page_hashes(self, out: PageHashes | None = None) -> tuple[DomainHash, PageHashes]:
         """The domain hash and one hash a page (to name pages that differ)."""
+        hashes = out if out is not None else PageHashes(self.pages)
+        if len(hashes) != self.pages:
+            raise ValueError(f"{len(hashes)} page hashes for a domain of {self.pages} pages")
         mem, ctx = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        pages = ffi.new("uint64_t[]", self.pages)
-        _check(lib.colo_domain_hash(self._p(), mem, ctx, pages))
-        return DomainHash(int(mem[0]), int(ctx[0])), list(ffi.unpack(pages, self.pages))
+        _check(lib.colo_domain_hash(self._p(), mem, ctx, hashes._buf))
+        return DomainHash(int(mem[0]), int(ctx[0])), hashes
+
+
+class PageHashes:
+    """One xxh64 a page, in native memory (compared in C, not in Python)."""
+
+    __slots__ = ("_buf", "_n")
+
+    def __init__(self, pages: int) -> None:
+        self._n = _u64("pages", pages)
+        self._buf = ffi.new("uint64_t[]", max(pages, 1))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, pfn: int) -> int:
+        if not 0 <= pfn < self._n:
+            raise IndexError(pfn)
+        return int(self._buf[pfn])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(ffi.unpack(self._buf, self._n))
+
+    def diff(self, other: PageHashes, limit: int = 64) -> tuple[int, list[int]]:
+        """(how many pages differ, the first `limit` of them)."""
+        if len(other) != self._n:
+            raise ValueError(f"cannot compare hashes of {self._n} and {len(other)} pages")
+        out = ffi.new("uint64_t[]", max(limit, 1))
+        count = ffi.new("uint64_t *")
+        lib.colo_hashes_diff(self._buf, other._buf, self._n, out, limit, count)
+        return int(count[0]), list(ffi.unpack(out, min(limit, int(count[0]))))
 
 
 # ---- the stream -------------------------------------------------------------
+
+
+def page_data_bytes(pages: int) -> int:
+    """Stream bytes of the PAGE_DATA records that carry `pages` pages."""
+    records = -(-pages // MAX_PFNS_PER_RECORD)
+    return pages * (8 + PAGE_SIZE) + records * 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +506,7 @@ class Event:
     memory_hash: int
     context_hash: int
     bytes: int
+    page_hashes: bool
 
 
 class StreamWriter:
@@ -480,6 +524,11 @@ class StreamWriter:
         """PAGE_DATA for every pfn in pages, straight from guest memory."""
         _check(lib.colo_write_pages(self._fd, dom._p(), pages._ptr, self._timeout))
 
+    def pages_cut(self, dom: Domain, pages: Bitmap, cut_after: int) -> None:
+        """Test hook: as pages(), but stop after cut_after bytes, mid-record."""
+        _check(lib.colo_write_pages_cut(self._fd, dom._p(), pages._ptr, _u64("cut_after", cut_after),
+                                        self._timeout))
+
     def context(self, dom: Domain) -> None:
         _check(lib.colo_write_context(self._fd, dom._p(), self._timeout))
 
@@ -490,9 +539,13 @@ class StreamWriter:
     def dirty_list(self, pages: Bitmap) -> None:
         _check(lib.colo_write_dirty_list(self._fd, pages._ptr, self._timeout))
 
-    def verify(self, epoch: int, digest: DomainHash, pages: int) -> None:
+    def verify(self, epoch: int, digest: DomainHash, pages: int, page_hashes: PageHashes | None = None) -> None:
+        """VERIFY; with page_hashes the peer can name the pages that differ."""
+        if page_hashes is not None and len(page_hashes) != pages:
+            raise ValueError(f"{len(page_hashes)} page hashes for {pages} pages")
         _check(lib.colo_write_verify(self._fd, _u64("epoch", epoch), digest.memory, digest.context,
-                                     _u64("pages", pages), self._timeout))
+                                     _u64("pages", pages), page_hashes._buf if page_hashes else ffi.NULL,
+                                     self._timeout))
 
     def checkpoint(self, generation: int, epoch: int, last_seq: int = 0) -> None:
         _check(lib.colo_write_checkpoint(self._fd, _u64("generation", generation), _u64("epoch", epoch),
@@ -512,7 +565,7 @@ class StreamReader:
     """Reads and checks one direction of a stream into a domain (forward) or
     a dirty set (back channel).  Free it with close()."""
 
-    __slots__ = ("_dirty", "_dom", "_ptr", "_sock")
+    __slots__ = ("_dirty", "_dom", "_ptr", "_sock", "_verify")
 
     def __init__(
         self,
@@ -526,6 +579,7 @@ class StreamReader:
         idle_timeout: float | None = None,
     ) -> None:
         self._sock, self._dom, self._dirty = sock, dom, dirty_out
+        self._verify: PageHashes | None = None
         out = ffi.new("colo_reader **")
         _check(lib.colo_reader_new(
             sock.fileno(), int(Direction(direction)), dom._p(),
@@ -546,7 +600,14 @@ class StreamReader:
         _check(lib.colo_reader_next(self._ptr, ev))
         return Event(EventKind(ev.kind), int(ev.control_id), int(ev.generation), int(ev.epoch),
                       int(ev.last_seq), int(ev.pages), int(ev.memory_hash), int(ev.context_hash),
-                      int(ev.bytes))
+                      int(ev.bytes), bool(ev.page_hashes))
+
+    def set_verify_buffer(self, hashes: PageHashes | None) -> None:
+        """Where VERIFY records' page hashes go (Event.page_hashes says when)."""
+        if hashes is not None and len(hashes) != self._dom.pages:
+            raise ValueError(f"{len(hashes)} page hashes for a domain of {self._dom.pages} pages")
+        self._verify = hashes
+        lib.colo_reader_set_verify_buffer(self._ptr, hashes._buf if hashes is not None else ffi.NULL)
 
     def set_timeouts(self, timeout: float | None, idle_timeout: float | None) -> None:
         lib.colo_reader_set_timeouts(self._ptr, _timeout_ms(timeout), _timeout_ms(idle_timeout))
@@ -557,6 +618,12 @@ class StreamReader:
     @property
     def bytes_read(self) -> int:
         return int(lib.colo_reader_bytes(self._ptr))
+
+    def close(self) -> None:
+        """Free the native reader now (the socket stays the caller's)."""
+        if self._ptr is not None:
+            ffi.release(self._ptr)
+            self._ptr = None
 
 
 # ---- raw baseline -----------------------------------------------------------

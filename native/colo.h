@@ -188,12 +188,19 @@ int colo_write_header(int fd, colo_domain *dom, int timeout_ms);
 /* PAGE_DATA records for every set bit of pages, written from guest memory,
  * at most COLO_MAX_PFNS_PER_RECORD pfns a record. */
 int colo_write_pages(int fd, colo_domain *dom, const colo_bitmap *pages, int timeout_ms);
+/* Test hook: as colo_write_pages, but stops after cut_after bytes, in the
+ * middle of a record, to tear a checkpoint on purpose. */
+int colo_write_pages_cut(int fd, colo_domain *dom, const colo_bitmap *pages,
+                         uint64_t cut_after, int timeout_ms);
 int colo_write_context(int fd, colo_domain *dom, int timeout_ms);
 int colo_write_control(int fd, uint32_t control_id, uint64_t generation,
                        uint64_t epoch, int timeout_ms);
 int colo_write_dirty_list(int fd, const colo_bitmap *pages, int timeout_ms);
+/* page_hashes: NULL, or one hash a page (pages entries), appended so the
+ * peer can name the pages that differ. */
 int colo_write_verify(int fd, uint64_t epoch, uint64_t memory_hash,
-                      uint64_t context_hash, uint64_t pages, int timeout_ms);
+                      uint64_t context_hash, uint64_t pages,
+                      const uint64_t *page_hashes, int timeout_ms);
 int colo_write_checkpoint(int fd, uint64_t generation, uint64_t epoch,
                           uint64_t last_seq, int timeout_ms);
 int colo_write_end(int fd, int timeout_ms);
@@ -205,7 +212,7 @@ int colo_write_raw_record(int fd, uint32_t type, const uint8_t *body,
 enum colo_event_kind {
     COLO_EV_CONTROL = 1,      /* CHECKPOINT_STATE: control_id, generation, epoch */
     COLO_EV_DIRTY = 2,        /* back channel dirty list merged into dirty_out */
-    COLO_EV_VERIFY = 3,       /* VERIFY: epoch, hashes, pages */
+    COLO_EV_VERIFY = 3,       /* VERIFY: epoch, hashes, pages; page_hashes set when it carried them */
     COLO_EV_CHECKPOINT = 4,   /* CHECKPOINT applied: generation, epoch, last_seq, pages */
     COLO_EV_END = 5
 };
@@ -220,6 +227,8 @@ struct colo_event {
     uint64_t memory_hash;
     uint64_t context_hash;
     uint64_t bytes;          /* stream bytes read for this event */
+    uint32_t page_hashes;    /* VERIFY: 1 when page hashes were stored in the verify buffer */
+    uint32_t reserved;
 };
 
 typedef struct colo_reader colo_reader;
@@ -243,6 +252,14 @@ int colo_reader_next(colo_reader *r, struct colo_event *ev);
 void colo_reader_set_timeouts(colo_reader *r, int timeout_ms, int idle_timeout_ms);
 void colo_reader_set_min_generation(colo_reader *r, uint64_t min_generation);
 uint64_t colo_reader_bytes(const colo_reader *r);
+/* Where a VERIFY record's page hashes go (the domain's page count of
+ * entries); NULL: they are read and dropped. */
+void colo_reader_set_verify_buffer(colo_reader *r, uint64_t *page_hashes);
+
+/* Pages whose hashes differ: the first cap pfns into pfns, the total into
+ * *count. */
+void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
+                      uint64_t *pfns, uint64_t cap, uint64_t *count);
 
 /* ---- raw baseline (bench.c) --------------------------------------------- */
 

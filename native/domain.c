@@ -245,8 +245,11 @@ int colo_stage_page(colo_domain *dom, uint64_t pfn, uint8_t **buf)
 int colo_stage_context(colo_domain *dom, const uint8_t *buf, uint64_t len)
 {
     struct colo_staging *st = &dom->staging;
+    int rc;
     if (len > COLO_MAX_CONTEXT_BYTES)
         return colo_fail(COLO_E_INVAL, "context of %llu bytes", (unsigned long long)len);
+    if (dom->ops->context_check && (rc = dom->ops->context_check(dom, buf, len)) != COLO_OK)
+        return rc;
     if (st->context == NULL && (st->context = malloc(COLO_MAX_CONTEXT_BYTES)) == NULL)
         return colo_fail(COLO_E_NOMEM, "staging context");
     memcpy(st->context, buf, len);
@@ -281,9 +284,11 @@ int colo_stage_commit(colo_domain *dom, uint64_t *pages_applied)
         colo_stage_discard(dom);
         return colo_fail(COLO_E_NOT_PAUSED, "checkpoint apply needs the domain paused");
     }
-    rc = dom->ops->commit_pages ? dom->ops->commit_pages(dom) : commit_by_copy(dom);
-    if (rc == COLO_OK && st->has_context)
-        rc = dom->ops->context_set(dom, st->context, st->context_len);
+    /* Context first: it is the part a backend may still refuse, and a
+     * refusal must leave the guest as it was. */
+    rc = st->has_context ? dom->ops->context_set(dom, st->context, st->context_len) : COLO_OK;
+    if (rc == COLO_OK)
+        rc = dom->ops->commit_pages ? dom->ops->commit_pages(dom) : commit_by_copy(dom);
     *pages_applied = st->n;
     colo_stage_discard(dom);
     return rc;

@@ -56,6 +56,9 @@ struct colo_backend_ops {
     int (*dirty_read_clear)(colo_domain *dom, colo_bitmap *out);
     int (*context_get)(colo_domain *dom, uint8_t *buf, uint64_t cap, uint64_t *len);
     int (*context_set)(colo_domain *dom, const uint8_t *buf, uint64_t len);
+    /* Optional: would context_set accept this blob?  Lets the reader refuse
+     * a bad context when it arrives, before anything is applied. */
+    int (*context_check)(colo_domain *dom, const uint8_t *buf, uint64_t len);
     /* Map n <= COLO_MAX_PFNS_PER_RECORD pages, pfns already range-checked.
      * m->ptrs has room for n pointers.  writable: the caller will store. */
     int (*map)(colo_domain *dom, const uint64_t *pfns, uint64_t n, int writable,

@@ -1,7 +1,10 @@
-/* io.c - whole reads and writes on a socket that may be non-blocking. */
+/* io.c - whole reads and writes on a socket, blocking or not.  Every call
+ * is made with MSG_DONTWAIT and waits in poll(), so the timeout holds
+ * whatever mode the socket is in. */
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -48,23 +51,27 @@ static int skip_empty(struct iovec **iov, int *iovcnt)
     return *iovcnt;
 }
 
+static ssize_t xfer(int fd, struct iovec *iov, int iovcnt, int out)
+{
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(iovcnt > IOV_MAX ? IOV_MAX : iovcnt)};
+    return out ? sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) : recvmsg(fd, &msg, MSG_DONTWAIT);
+}
+
 int colo_io_writev_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms)
 {
     while (skip_empty(&iov, &iovcnt) > 0) {
-        ssize_t n = writev(fd, iov, iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
+        ssize_t n = xfer(fd, iov, iovcnt, 1);
+        int rc;
         if (n >= 0) {
             advance(&iov, &iovcnt, (size_t)n);
             continue;
         }
         if (errno == EINTR)
             continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            int rc = wait_ready(fd, POLLOUT, timeout_ms);
-            if (rc)
-                return rc;
-            continue;
-        }
-        return colo_fail_errno(COLO_E_IO, errno, "write to fd %d", fd);
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return colo_fail_errno(COLO_E_IO, errno, "write to fd %d", fd);
+        if ((rc = wait_ready(fd, POLLOUT, timeout_ms)) != COLO_OK)
+            return rc;
     }
     return COLO_OK;
 }
@@ -75,13 +82,14 @@ int colo_io_write_all(int fd, const void *buf, size_t len, int timeout_ms)
     return colo_io_writev_all(fd, &iov, 1, timeout_ms);
 }
 
-/* readv until iov is full.  got_any tells the caller whether a close came
- * before or after the first byte. */
+/* Read until iov is full.  A close before the first byte is a clean EOF
+ * only at a record boundary. */
 static int readv_loop(int fd, struct iovec *iov, int iovcnt, int timeout_ms, int at_boundary)
 {
     size_t total = 0;
     while (skip_empty(&iov, &iovcnt) > 0) {
-        ssize_t n = readv(fd, iov, iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
+        ssize_t n = xfer(fd, iov, iovcnt, 0);
+        int rc;
         if (n > 0) {
             total += (size_t)n;
             advance(&iov, &iovcnt, (size_t)n);
@@ -94,13 +102,10 @@ static int readv_loop(int fd, struct iovec *iov, int iovcnt, int timeout_ms, int
         }
         if (errno == EINTR)
             continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            int rc = wait_ready(fd, POLLIN, timeout_ms);
-            if (rc)
-                return rc;
-            continue;
-        }
-        return colo_fail_errno(COLO_E_IO, errno, "read from fd %d", fd);
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return colo_fail_errno(COLO_E_IO, errno, "read from fd %d", fd);
+        if ((rc = wait_ready(fd, POLLIN, timeout_ms)) != COLO_OK)
+            return rc;
     }
     return COLO_OK;
 }

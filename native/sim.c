@@ -203,12 +203,22 @@ static int sim_context_get(colo_domain *dom, uint8_t *buf, uint64_t cap, uint64_
     return COLO_OK;
 }
 
+static int sim_context_check(colo_domain *dom, const uint8_t *buf, uint64_t len)
+{
+    COLO_UNUSED(dom);
+    COLO_UNUSED(buf);
+    if (len != sizeof(struct sim_context))
+        return colo_fail(COLO_E_INVAL, "sim context is %zu bytes, got %llu",
+                         sizeof(struct sim_context), (unsigned long long)len);
+    return COLO_OK;
+}
+
 static int sim_context_set(colo_domain *dom, const uint8_t *buf, uint64_t len)
 {
     struct sim *s = sim_of(dom);
-    if (len != sizeof(s->ctx))
-        return colo_fail(COLO_E_INVAL, "sim context is %zu bytes, got %llu",
-                         sizeof(s->ctx), (unsigned long long)len);
+    int rc = sim_context_check(dom, buf, len);
+    if (rc)
+        return rc;
     pthread_mutex_lock(&s->mu);
     memcpy(&s->ctx, buf, sizeof(s->ctx));
     pthread_mutex_unlock(&s->mu);
@@ -260,6 +270,7 @@ static const struct colo_backend_ops sim_ops = {
     .dirty_read_clear = sim_dirty_read_clear,
     .context_get = sim_context_get,
     .context_set = sim_context_set,
+    .context_check = sim_context_check,
     .map = sim_map,
     .unmap = sim_unmap,
     .commit_pages = sim_commit_pages,

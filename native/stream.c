@@ -71,10 +71,26 @@ int colo_write_raw_record(int fd, uint32_t type, const uint8_t *body, uint64_t l
     return write_record(fd, type, body, len, timeout_ms);
 }
 
-/* One PAGE_DATA record for n pfns, pages taken from guest mappings. */
-static int write_page_batch(int fd, colo_domain *dom, const uint64_t *pfns, uint64_t n,
-                            struct iovec *iov, int timeout_ms)
+/* Keeps the iovecs that fit in *budget bytes (the test hook's cut). */
+static int cut_iov(struct iovec *iov, int iovcnt, uint64_t *budget)
 {
+    for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len >= *budget) {
+            iov[i].iov_len = (size_t)*budget;
+            *budget = 0;
+            return i + 1;
+        }
+        *budget -= iov[i].iov_len;
+    }
+    return iovcnt;
+}
+
+/* One PAGE_DATA record for n pfns, pages taken from guest mappings.
+ * budget: NULL, or bytes left before the test hook cuts the stream. */
+static int write_page_batch(int fd, colo_domain *dom, const uint64_t *pfns, uint64_t n,
+                            struct iovec *iov, uint64_t *budget, int timeout_ms)
+{
+    int iovcnt = (int)(n + 2);
     uint8_t head[16];
     uint64_t le_pfns[COLO_MAX_PFNS_PER_RECORD];
     uint8_t *ptrs[COLO_MAX_PFNS_PER_RECORD];
@@ -92,12 +108,15 @@ static int write_page_batch(int fd, colo_domain *dom, const uint64_t *pfns, uint
     iov[1] = (struct iovec){le_pfns, n * 8};
     for (uint64_t i = 0; i < n; i++)
         iov[2 + i] = (struct iovec){ptrs[i], COLO_PAGE_SIZE};
-    rc = colo_io_writev_all(fd, iov, (int)(n + 2), timeout_ms);
+    if (budget)
+        iovcnt = cut_iov(iov, iovcnt, budget);
+    rc = colo_io_writev_all(fd, iov, iovcnt, timeout_ms);
     dom->ops->unmap(dom, &m);
     return rc;
 }
 
-int colo_write_pages(int fd, colo_domain *dom, const colo_bitmap *pages, int timeout_ms)
+static int write_pages(int fd, colo_domain *dom, const colo_bitmap *pages, uint64_t *budget,
+                       int timeout_ms)
 {
     uint64_t pfns[COLO_MAX_PFNS_PER_RECORD], n = 0;
     struct iovec *iov;
@@ -113,15 +132,29 @@ int colo_write_pages(int fd, colo_domain *dom, const colo_bitmap *pages, int tim
             pfns[n++] = w * 64 + (uint64_t)__builtin_ctzll(bits);
             bits &= bits - 1;
             if (n == COLO_MAX_PFNS_PER_RECORD) {
-                rc = write_page_batch(fd, dom, pfns, n, iov, timeout_ms);
+                rc = write_page_batch(fd, dom, pfns, n, iov, budget, timeout_ms);
                 n = 0;
             }
+            if (budget && *budget == 0)
+                goto out;
         }
     }
     if (rc == COLO_OK && n)
-        rc = write_page_batch(fd, dom, pfns, n, iov, timeout_ms);
+        rc = write_page_batch(fd, dom, pfns, n, iov, budget, timeout_ms);
+out:
     free(iov);
     return rc;
+}
+
+int colo_write_pages(int fd, colo_domain *dom, const colo_bitmap *pages, int timeout_ms)
+{
+    return write_pages(fd, dom, pages, NULL, timeout_ms);
+}
+
+int colo_write_pages_cut(int fd, colo_domain *dom, const colo_bitmap *pages, uint64_t cut_after,
+                         int timeout_ms)
+{
+    return write_pages(fd, dom, pages, &cut_after, timeout_ms);
 }
 
 int colo_write_context(int fd, colo_domain *dom, int timeout_ms)
@@ -170,14 +203,24 @@ int colo_write_dirty_list(int fd, const colo_bitmap *pages, int timeout_ms)
 }
 
 int colo_write_verify(int fd, uint64_t epoch, uint64_t memory_hash, uint64_t context_hash,
-                      uint64_t pages, int timeout_ms)
+                      uint64_t pages, const uint64_t *page_hashes, int timeout_ms)
 {
-    uint8_t body[VERIFY_BODY];
+    uint8_t head[8], body[VERIFY_BODY];
+    uint64_t extra = page_hashes ? pages * 8 : 0;
+    struct iovec iov[3];
+    if (VERIFY_BODY + extra > COLO_MAX_RECORD_BYTES)
+        return colo_fail(COLO_E_RECORD_TOO_LONG, "page hashes of %llu pages do not fit a record",
+                         (unsigned long long)pages);
+    put32(head, COLO_REC_VERIFY);
+    put32(head + 4, (uint32_t)(VERIFY_BODY + extra));
     put64(body, epoch);
     put64(body + 8, memory_hash);
     put64(body + 16, context_hash);
     put64(body + 24, pages);
-    return write_record(fd, COLO_REC_VERIFY, body, sizeof(body), timeout_ms);
+    iov[0] = (struct iovec){head, 8};
+    iov[1] = (struct iovec){body, VERIFY_BODY};
+    iov[2] = (struct iovec){(void *)page_hashes, (size_t)extra};  /* hosts are little-endian x86 */
+    return colo_io_writev_all(fd, iov, 3, timeout_ms);
 }
 
 int colo_write_checkpoint(int fd, uint64_t generation, uint64_t epoch, uint64_t last_seq, int timeout_ms)
@@ -208,6 +251,7 @@ struct colo_reader {
     int broken;              /* an error ended the stream: refuse further reads */
     uint64_t bytes;          /* stream bytes read in all */
     uint64_t event_start;    /* bytes at the start of the current event */
+    uint64_t *verify_hashes; /* where VERIFY's page hashes go, or NULL */
     uint8_t *buf;            /* small bodies and pfn arrays */
     uint64_t buf_cap;
     struct iovec *iov;
@@ -265,6 +309,22 @@ void colo_reader_set_min_generation(colo_reader *r, uint64_t min_generation)
 }
 
 uint64_t colo_reader_bytes(const colo_reader *r) { return r->bytes; }
+
+void colo_reader_set_verify_buffer(colo_reader *r, uint64_t *page_hashes) { r->verify_hashes = page_hashes; }
+
+void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n, uint64_t *pfns, uint64_t cap,
+                      uint64_t *count)
+{
+    uint64_t k = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (a[i] == b[i])
+            continue;
+        if (k < cap)
+            pfns[k] = i;
+        k++;
+    }
+    *count = k;
+}
 
 static int rd(colo_reader *r, void *buf, uint64_t len, int at_boundary)
 {
@@ -359,21 +419,27 @@ static int check_record(const colo_reader *r, uint32_t type, uint64_t len)
     case COLO_REC_CHECKPOINT: if (!fwd) goto wrong; exact = CHECKPOINT_BODY; break;
     case COLO_REC_CHECKPOINT_DIRTY_PFN_LIST: if (fwd) goto wrong; break;
     case COLO_REC_CHECKPOINT_STATE: exact = CONTROL_BODY; break;
-    case COLO_REC_VERIFY: exact = VERIFY_BODY; break;
+    case COLO_REC_VERIFY: bound = VERIFY_BODY + r->dom->pages * 8; break;
     case COLO_REC_END: exact = 0; break;
     default:
         if (!(type & REC_OPTIONAL))
             return colo_fail(COLO_E_UNKNOWN_RECORD, "record type 0x%08x is unknown and not optional", type);
     }
-    if (len > bound)
+    if (len > bound && exact == UINT64_MAX)
         return colo_fail(COLO_E_RECORD_TOO_LONG, "record 0x%x of %llu bytes, bound %llu",
                          type, (unsigned long long)len, (unsigned long long)bound);
+    if (len > COLO_MAX_RECORD_BYTES)
+        return colo_fail(COLO_E_RECORD_TOO_LONG, "record 0x%x of %llu bytes, past the 128 MiB bound",
+                         type, (unsigned long long)len);
     if (exact != UINT64_MAX && len != exact)
         return colo_fail(COLO_E_BAD_LENGTH, "record 0x%x of %llu bytes, must be %llu",
                          type, (unsigned long long)len, (unsigned long long)exact);
     if (type == COLO_REC_CHECKPOINT_DIRTY_PFN_LIST && len % 8)
         return colo_fail(COLO_E_BAD_LENGTH, "dirty pfn list of %llu bytes is not whole pfns",
                          (unsigned long long)len);
+    if (type == COLO_REC_VERIFY && len != VERIFY_BODY && len != bound)
+        return colo_fail(COLO_E_BAD_LENGTH, "VERIFY of %llu bytes: 32, or 32 + 8 per page (%llu)",
+                         (unsigned long long)len, (unsigned long long)bound);
     return COLO_OK;
 wrong:
     return colo_fail(COLO_E_WRONG_DIRECTION, "record 0x%x not allowed on the %s stream", type,
@@ -426,7 +492,10 @@ static int on_context(colo_reader *r, uint64_t len)
     int rc = rd_body(r, len);
     if (rc == COLO_OK)
         rc = rd_padding(r, COLO_REC_HVM_CONTEXT, len);
-    return rc ? rc : colo_stage_context(r->dom, r->buf, len);
+    if (rc == COLO_OK && (rc = colo_stage_context(r->dom, r->buf, len)) == COLO_E_INVAL)
+        return colo_fail(COLO_E_BAD_LENGTH, "HVM_CONTEXT of %llu bytes refused by the %s backend",
+                         (unsigned long long)len, r->dom->ops->name);
+    return rc;
 }
 
 static int check_generation(const colo_reader *r, uint64_t generation)
@@ -475,7 +544,19 @@ static int on_dirty_list(colo_reader *r, uint64_t len, struct colo_event *ev)
     return COLO_OK;
 }
 
-static int on_verify(colo_reader *r, struct colo_event *ev)
+/* Reads past an optional record's body; its padding is checked as any. */
+static int skip_record(colo_reader *r, uint32_t type, uint64_t len)
+{
+    int rc = COLO_OK;
+    for (uint64_t left = len; rc == COLO_OK && left;) {
+        uint64_t k = left < r->buf_cap ? left : r->buf_cap;
+        rc = rd(r, r->buf, k, 0);
+        left -= k;
+    }
+    return rc ? rc : rd_padding(r, type, len);
+}
+
+static int on_verify(colo_reader *r, uint64_t len, struct colo_event *ev)
 {
     int rc = rd_body(r, VERIFY_BODY);
     if (rc)
@@ -485,6 +566,16 @@ static int on_verify(colo_reader *r, struct colo_event *ev)
     ev->memory_hash = get64(r->buf + 8);
     ev->context_hash = get64(r->buf + 16);
     ev->pages = get64(r->buf + 24);
+    if (len == VERIFY_BODY)
+        return COLO_OK;
+    if (ev->pages != r->dom->pages)
+        return colo_fail(COLO_E_BAD_LENGTH, "VERIFY carries hashes of %llu pages, the domain has %llu",
+                         (unsigned long long)ev->pages, (unsigned long long)r->dom->pages);
+    if (r->verify_hashes == NULL)
+        return skip_record(r, COLO_REC_VERIFY, len - VERIFY_BODY);
+    if ((rc = rd(r, r->verify_hashes, len - VERIFY_BODY, 0)) != COLO_OK)
+        return rc;
+    ev->page_hashes = 1;
     return COLO_OK;
 }
 
@@ -500,18 +591,6 @@ static int on_checkpoint(colo_reader *r, struct colo_event *ev)
     if ((rc = check_generation(r, ev->generation)) != COLO_OK)
         return rc;
     return colo_stage_commit(r->dom, &ev->pages);
-}
-
-static int skip_record(colo_reader *r, uint64_t len)
-{
-    int rc = COLO_OK;
-    len += pad_of(len);
-    while (rc == COLO_OK && len) {
-        uint64_t k = len < r->buf_cap ? len : r->buf_cap;
-        rc = rd(r, r->buf, k, 0);
-        len -= k;
-    }
-    return rc;
 }
 
 /* One record; ev->kind stays 0 for the ones the caller need not see. */
@@ -532,10 +611,10 @@ static int read_record(colo_reader *r, struct colo_event *ev)
     case COLO_REC_HVM_CONTEXT: return on_context(r, len);
     case COLO_REC_CHECKPOINT_STATE: return on_control(r, ev);
     case COLO_REC_CHECKPOINT_DIRTY_PFN_LIST: return on_dirty_list(r, len, ev);
-    case COLO_REC_VERIFY: return on_verify(r, ev);
+    case COLO_REC_VERIFY: return on_verify(r, len, ev);
     case COLO_REC_CHECKPOINT: return on_checkpoint(r, ev);
     case COLO_REC_END: ev->kind = COLO_EV_END; return COLO_OK;
-    default: return skip_record(r, len);
+    default: return skip_record(r, type, len);
     }
 }
 

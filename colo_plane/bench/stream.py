@@ -32,8 +32,7 @@ class CaseResult:
 
 def stream_bytes(pages: int) -> int:
     """Bytes on the wire for one checkpoint of pages pages."""
-    records = -(-pages // native.MAX_PFNS_PER_RECORD)
-    return pages * (8 + native.PAGE_SIZE) + records * RECORD_HEAD + CONTEXT_RECORD + CONTROL_RECORDS
+    return native.page_data_bytes(pages) + CONTEXT_RECORD + CONTROL_RECORDS
 
 
 def _run_pair(send: Callable[[], None], recv: Callable[[], None]) -> float:
@@ -96,7 +95,7 @@ def run_case(name: str, domain_pages: int, dirty: int, rounds: int, repeats: int
     primary = native.Domain.sim(pages=domain_pages, seed=1)
     secondary = native.Domain.sim(pages=domain_pages, seed=2)
     try:
-        _time_stream(primary, secondary, native.Bitmap.random(domain_pages, domain_pages, 0), 1)  # first boot
+        _time_stream(primary, secondary, native.Bitmap.full(domain_pages), 1)  # first boot
         pages = native.Bitmap.random(domain_pages, dirty, seed=7)
         total = stream_bytes(dirty) * rounds
         # Buffers as large as one checkpoint: the baseline moves the same
