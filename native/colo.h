@@ -269,3 +269,6 @@ int colo_raw_send(int fd, const uint8_t *buf, uint64_t buf_len,
                   uint64_t total, uint64_t chunk);
 int colo_raw_recv(int fd, uint8_t *buf, uint64_t buf_len,
                   uint64_t total, uint64_t chunk);
+/* Fill buf with distinct data, so every page is real memory (an untouched
+ * calloc'd buffer reads as the kernel's one shared zero page). */
+void colo_raw_fill(uint8_t *buf, uint64_t len, uint64_t seed);
