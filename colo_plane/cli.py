@@ -30,6 +30,21 @@ def _cmd_bench_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_agent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from colo_plane import logs
+    from colo_plane.agent import server
+
+    logs.setup(level=args.log_level, fmt=args.log_format, name=f"agent[{args.host_id}]")
+    return asyncio.run(server.run(args))
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colo", description="COLO fault tolerance for virtual machines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -37,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version and the backends built")
     version.add_argument("--json", action="store_true", help="one JSON object")
     version.set_defaults(func=_cmd_version)
+
+    agent = sub.add_parser("agent", help="run the host agent daemon")
+    from colo_plane.agent.server import add_arguments as agent_arguments
+
+    agent_arguments(agent)
+    _add_logging(agent)
+    agent.set_defaults(func=_cmd_agent)
 
     bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -97,7 +97,7 @@ static int readv_loop(int fd, struct iovec *iov, int iovcnt, int timeout_ms, int
         }
         if (n == 0) {
             if (at_boundary && total == 0)
-                return colo_fail(COLO_E_EOF, "peer closed the stream");
+                return colo_fail(COLO_E_EOF, "connection closed at a record boundary");
             return colo_fail(COLO_E_TRUNCATED, "peer closed the stream %zu bytes into a read", total);
         }
         if (errno == EINTR)

@@ -22,10 +22,12 @@
  * - The dirty bitmap lives in hypercall memory (the libxc buffer macros are
  *   GNU statement expressions: they stay in here, out of the cffi cdef) and
  *   is copied word by word into the caller's colo_bitmap.
- * - A hypervisor without shadow paging answers ENABLE_LOGDIRTY with
- *   EOPNOTSUPP and would then answer CLEAN with an empty bitmap: enable
- *   refuses with COLO_E_UNSUPPORTED, and read_clear refuses unless this
- *   handle enabled log-dirty, so an empty log is never taken for "clean".
+ * - Xen answers CLEAN with an empty bitmap whenever log-dirty is off, so an
+ *   empty log is never taken for "clean": a hypervisor without shadow
+ *   paging (ENABLE_LOGDIRTY: EOPNOTSUPP) is refused with
+ *   COLO_E_UNSUPPORTED; read_clear refuses unless this handle enabled
+ *   log-dirty, and checks before each CLEAN that it is still on (ENABLE
+ *   answers EINVAL when it is), failing if someone turned it off.
  * - vCPU context: the HVM save record (xc_domain_hvm_get/setcontext) for
  *   PVH/HVM; for PV, get returns every vCPU's vcpu_guest_context (so the
  *   domain hash works) and set is refused (the context holds machine frame
@@ -55,7 +57,7 @@
 
 #define XEN_PREFIX "backend xen: "
 #define XEN_PAGE 4096u
-#define XEN_PV_MAX_PFN (1ull << 28)        /* 1 TiB: bound on a p2m we copy */
+#define XEN_PV_MAX_PFN (1ull << 27)        /* 512 GiB: what one frame list list page maps */
 #define XEN_XS_TIMEOUT_MS 5000
 #define XEN_PV_BAD_FRAME (3ull << 62)      /* Linux p2m: foreign / identity bits */
 
@@ -493,6 +495,21 @@ static int dirty_buffer(struct xen_dom *x, uint64_t pages)
     return COLO_OK;
 }
 
+/* Xen answers CLEAN with an empty bitmap when log-dirty is off, so before
+ * each read make sure nobody turned it off behind this handle (another
+ * tool, or a second handle's close): ENABLE must say "already on". */
+static int logdirty_still_on(struct xen_dom *x)
+{
+    int e = shadow_op(x, XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY);
+    if (e == EINVAL)
+        return COLO_OK;
+    if (e == 0)
+        return colo_fail(COLO_E_BACKEND, XEN_PREFIX "log-dirty of domain %u was turned off behind "
+                         "this handle (now on again): writes in between are lost, start over with "
+                         "a full copy", x->domid);
+    return xen_fail_call(e, "checking log-dirty (xc_shadow_control)", x->domid);
+}
+
 static int xen_dirty_read_clear(colo_domain *dom, colo_bitmap *out)
 {
     struct xen_dom *x = dom->priv;
@@ -503,6 +520,8 @@ static int xen_dirty_read_clear(colo_domain *dom, colo_bitmap *out)
     if (!x->logdirty)
         return colo_fail(COLO_E_INVAL, XEN_PREFIX "log-dirty is not enabled on domain %u by this "
                          "handle: enable it first (an unenabled log reads as empty)", x->domid);
+    if ((rc = logdirty_still_on(x)) != COLO_OK)
+        return rc;
     if ((rc = dirty_buffer(x, dom->pages)) != COLO_OK)
         return rc;
     {

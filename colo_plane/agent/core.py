@@ -1,0 +1,316 @@
+"""The agent's commands: what each Agent RPC does to the domains this host
+holds.  Raises RpcError with the canonical code and a message that says
+what to do; the servicer turns it into a status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from colo_plane import metrics, native
+from colo_plane._proto import colo_pb2
+from colo_plane.agent import datalink, domains, handshake
+from colo_plane.agent.primary import Outcome, PrimaryLink, TestHooks
+from colo_plane.agent.replica import Replica, stats_to_proto, verify_to_proto
+from colo_plane.agent.secondary import ProtocolError
+from colo_plane.agent.syncpoints import Role, SyncSink
+from colo_plane.rpc import check_domain, check_generation, fail, seconds
+
+log = logging.getLogger(__name__)
+
+ACCEPT_TIMEOUT = 30.0
+FIRST_BOOT_TIMEOUT = 120.0
+CHECKPOINT_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+SECRET_BYTES = 32
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host_id: str
+    data_address: str  # advertised: where primaries connect
+    verify: bool = False  # verify every pair, whatever its spec says
+    hooks: TestHooks = TestHooks()
+
+
+class AgentCore:
+    def __init__(self, config: AgentConfig, listener: datalink.DataListener, sink: SyncSink) -> None:
+        self.config = config
+        self.listener = listener
+        self.sink = sink
+        self.replicas: dict[str, Replica] = {}
+
+    # -- checks ----------------------------------------------------------------
+
+    def _held(self, domain: str) -> Replica:
+        replica = self.replicas.get(check_domain(domain))
+        if replica is None:
+            fail(grpc.StatusCode.NOT_FOUND, f"this agent ({self.config.host_id}) holds no domain {domain!r}")
+        return replica
+
+    @staticmethod
+    def _not_stale(replica: Replica, generation: int, what: str) -> None:
+        if generation < replica.generation:
+            metrics.FENCED.labels("command").inc()
+            fail(grpc.StatusCode.FAILED_PRECONDITION,
+                 f"{what} for {replica.domain} carries generation {generation}, older than the generation "
+                 f"{replica.generation} this agent holds: it comes from a superseded decision and is refused; "
+                 "read the pair again (colo pair) and retry with its current generation")
+
+    @staticmethod
+    def _secret(secret: bytes) -> bytes:
+        if len(secret) < 16:
+            fail(grpc.StatusCode.INVALID_ARGUMENT,
+                 f"pair_secret must be at least 16 random bytes (got {len(secret)})")
+        return secret
+
+    def _verify(self, spec: colo_pb2.DomainSpec) -> bool:
+        return spec.verify or self.config.verify
+
+    async def _drop(self, domain: str) -> None:
+        replica = self.replicas.pop(domain, None)
+        if replica is not None:
+            self.listener.forget(domain)
+            await replica.close()
+            metrics.DOMAINS_HELD.labels(replica.role.value).dec()
+
+    def _add(self, replica: Replica) -> None:
+        self.replicas[replica.domain] = replica
+        metrics.DOMAINS_HELD.labels(replica.role.value).inc()
+
+    # -- PrepareSecondary --------------------------------------------------------
+
+    async def prepare_secondary(self, req: colo_pb2.PrepareSecondaryRequest) -> colo_pb2.PrepareSecondaryResponse:
+        check_domain(req.domain)
+        check_generation(req.generation)
+        secret = self._secret(req.pair_secret)
+        domains.check_spec(req.spec)
+        old = self.replicas.get(req.domain)
+        if old is not None:
+            self._not_stale(old, req.generation, "PrepareSecondary")
+            if old.role is Role.PRIMARY:
+                fail(grpc.StatusCode.FAILED_PRECONDITION,
+                     f"this host already runs {req.domain} as its primary: place the secondary on another host")
+            if old.generation == req.generation and old.sock is None:
+                return self._prepared(req)  # a retry of the same request
+            await self._drop(req.domain)
+        try:
+            dom = await asyncio.to_thread(domains.open_domain, req.spec, self.config.host_id, secondary=True)
+        except native.NativeError as exc:
+            fail(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open the secondary domain: {exc}")
+        replica = Replica(req.domain, req.generation, Role.SECONDARY, req.spec, dom, self._verify(req.spec),
+                          epoch=0, peer_host=req.peer_host_id)
+        self._add(replica)
+        connected = self.listener.expect(req.domain, req.generation, secret, req.peer_host_id)
+        replica.accept_task = asyncio.create_task(
+            self._await_primary(replica, connected, seconds(req.accept_timeout, ACCEPT_TIMEOUT)))
+        log.info("%s: secondary prepared at generation %d, waiting for %s", req.domain, req.generation,
+                 req.peer_host_id or "the primary")
+        return self._prepared(req)
+
+    def _prepared(self, req: colo_pb2.PrepareSecondaryRequest) -> colo_pb2.PrepareSecondaryResponse:
+        return colo_pb2.PrepareSecondaryResponse(domain=req.domain, generation=req.generation, epoch=req.epoch,
+                                                 data_address=self.config.data_address)
+
+    async def _await_primary(self, replica: Replica, connected: asyncio.Future[socket.socket],
+                             timeout: float) -> None:
+        try:
+            sock = await asyncio.wait_for(connected, timeout)
+        except TimeoutError:
+            log.warning("%s: no primary connected within %.0f s; releasing the secondary", replica.domain, timeout)
+            replica.accept_task = None
+            if self.replicas.get(replica.domain) is replica:
+                await self._drop(replica.domain)
+            return
+        except asyncio.CancelledError:
+            return
+        replica.accept_task = None
+        replica.start_secondary(sock, self.sink)
+
+    # -- StartPrimary ------------------------------------------------------------
+
+    async def start_primary(self, req: colo_pb2.StartPrimaryRequest) -> colo_pb2.StartPrimaryResponse:
+        check_domain(req.domain)
+        check_generation(req.generation)
+        secret = self._secret(req.pair_secret)
+        domains.check_spec(req.spec)
+        replica = self.replicas.get(req.domain)
+        if replica is not None:
+            self._not_stale(replica, req.generation, "StartPrimary")
+            if replica.role is Role.SECONDARY:
+                fail(grpc.StatusCode.FAILED_PRECONDITION,
+                     f"this host holds {req.domain} as its secondary: Promote it first, or choose another host")
+        else:
+            try:
+                dom = await asyncio.to_thread(domains.open_domain, req.spec, self.config.host_id, secondary=False)
+            except native.NativeError as exc:
+                fail(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open the primary domain: {exc}")
+            replica = Replica(req.domain, req.generation, Role.PRIMARY, req.spec, dom, self._verify(req.spec))
+            self._add(replica)
+        async with replica.busy:
+            await replica.disconnect()
+            replica.generation, replica.peer_host = req.generation, req.peer_host_id
+            replica.state = colo_pb2.PAIR_STATE_SYNCING
+            sock = await self._connect(req, secret)
+            replica.sock = sock
+            replica.link = PrimaryLink(domain=req.domain, generation=req.generation, dom=replica.dom, sock=sock,
+                                       verify=replica.verify, sink=self.sink, hooks=self.config.hooks)
+            outcome = await self._run_link(replica, replica.link.first_boot, req.epoch,
+                                           seconds(req.first_boot_timeout, FIRST_BOOT_TIMEOUT))
+            replica.epoch, replica.state = req.epoch, colo_pb2.PAIR_STATE_PROTECTED
+            replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
+        log.info("%s: first boot done at generation %d epoch %d (%d pages, %.1f ms paused)", req.domain,
+                 req.generation, req.epoch, outcome.stats.pages, outcome.stats.pause_ns / 1e6)
+        return colo_pb2.StartPrimaryResponse(domain=req.domain, generation=req.generation, epoch=req.epoch,
+                                             stats=stats_to_proto(outcome.stats),
+                                             verify=verify_to_proto(outcome.verify))
+
+    async def _connect(self, req: colo_pb2.StartPrimaryRequest, secret: bytes) -> socket.socket:
+        try:
+            return await datalink.connect(req.peer_data_address, req.domain, req.generation, secret,
+                                          timeout=CONNECT_TIMEOUT)
+        except handshake.HandshakeError as exc:
+            metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
+            fail(grpc.StatusCode.PERMISSION_DENIED,
+                 f"secondary at {req.peer_data_address} refused the data connection ({exc}); "
+                 "prepare it again with this generation's secret")
+        except (OSError, TimeoutError) as exc:
+            fail(grpc.StatusCode.UNAVAILABLE,
+                 f"cannot reach the secondary's data port {req.peer_data_address}: {exc or 'timed out'}")
+        except ValueError as exc:
+            fail(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def _run_link(self, replica: Replica, step: Callable[[int], Outcome], epoch: int,
+                        timeout: float) -> Outcome:
+        """Runs one blocking protocol step in a thread, bounded by timeout."""
+        task = asyncio.ensure_future(asyncio.to_thread(step, epoch))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            if replica.sock is not None:
+                replica.sock.shutdown(socket.SHUT_RDWR)  # unblocks the thread
+            await asyncio.gather(task, return_exceptions=True)
+            replica.last_error = f"epoch {epoch} timed out after {timeout:.1f} s"
+            fail(grpc.StatusCode.DEADLINE_EXCEEDED,
+                 f"{replica.domain}: epoch {epoch} did not complete within {timeout:.1f} s; the data "
+                 "connection was closed and the pair needs re-protection")
+        except (native.NativeError, ProtocolError, OSError) as exc:
+            replica.last_error = f"epoch {epoch}: {exc}"
+            log.warning("%s: epoch %d failed: %s", replica.domain, epoch, exc)
+            fail(grpc.StatusCode.ABORTED,
+                 f"{replica.domain}: epoch {epoch} failed: {exc}; the secondary keeps its last whole "
+                 "checkpoint and the pair needs re-protection")
+
+    # -- Checkpoint --------------------------------------------------------------
+
+    async def checkpoint(self, req: colo_pb2.AgentCheckpointRequest) -> colo_pb2.AgentCheckpointResponse:
+        replica = self._held(req.domain)
+        check_generation(req.generation)
+        self._not_stale(replica, req.generation, "Checkpoint")
+        if req.generation > replica.generation:
+            fail(grpc.StatusCode.FAILED_PRECONDITION,
+                 f"Checkpoint for {req.domain} at generation {req.generation}, but this agent holds generation "
+                 f"{replica.generation}: run StartPrimary for the new generation first")
+        if replica.role is not Role.PRIMARY:
+            fail(grpc.StatusCode.FAILED_PRECONDITION,
+                 f"this host is the secondary of {req.domain}: send Checkpoint to the primary's agent")
+        link = replica.link
+        if link is None or link.broken:
+            fail(grpc.StatusCode.FAILED_PRECONDITION,
+                 f"{req.domain} has no working secondary here ({link.broken if link else 'unprotected'}): "
+                 "re-protect it (StartPrimary) before checkpointing")
+        if req.epoch <= replica.epoch:
+            fail(grpc.StatusCode.FAILED_PRECONDITION,
+                 f"epoch {req.epoch} is not above the last epoch {replica.epoch} of {req.domain}: "
+                 "epochs only rise; take the next one from the pair")
+        if replica.busy.locked():
+            fail(grpc.StatusCode.FAILED_PRECONDITION,
+                 f"{req.domain} is busy with another checkpoint or command: wait for it to finish")
+        async with replica.busy:
+            replica.state = colo_pb2.PAIR_STATE_CHECKPOINTING
+            try:
+                outcome = await self._run_link(replica, link.checkpoint, req.epoch,
+                                               seconds(req.timeout, CHECKPOINT_TIMEOUT))
+            except BaseException:
+                replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
+                raise
+            replica.epoch, replica.state = req.epoch, colo_pb2.PAIR_STATE_PROTECTED
+            replica.checkpoints += 1
+            replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
+        return colo_pb2.AgentCheckpointResponse(domain=req.domain, generation=req.generation, epoch=req.epoch,
+                                                stats=stats_to_proto(outcome.stats),
+                                                verify=verify_to_proto(outcome.verify))
+
+    # -- role changes --------------------------------------------------------------
+
+    def _newer(self, replica: Replica, generation: int, what: str) -> None:
+        check_generation(generation)
+        if generation <= replica.generation:
+            metrics.FENCED.labels("command").inc()
+            fail(grpc.StatusCode.FAILED_PRECONDITION,
+                 f"{what} for {replica.domain} needs a generation above the held {replica.generation}, got "
+                 f"{generation}: every role change raises the generation")
+
+    async def promote(self, req: colo_pb2.PromoteRequest) -> colo_pb2.PromoteResponse:
+        replica = self._held(req.domain)
+        self._newer(replica, req.generation, "Promote")
+        if replica.role is not Role.SECONDARY:
+            fail(grpc.StatusCode.FAILED_PRECONDITION, f"this host is already the primary of {req.domain}")
+        async with replica.busy:
+            await replica.disconnect()  # a torn checkpoint is dropped in C; the guest keeps the last whole one
+            replica.refresh()
+            replica.generation, replica.role = req.generation, Role.PRIMARY
+            replica.state, replica.peer_host = colo_pb2.PAIR_STATE_UNPROTECTED, ""
+            if replica.dom.paused:
+                replica.dom.unpause()
+        metrics.DOMAINS_HELD.labels(Role.SECONDARY.value).dec()
+        metrics.DOMAINS_HELD.labels(Role.PRIMARY.value).inc()
+        log.warning("%s: promoted to primary at generation %d (runs from epoch %d)", req.domain, req.generation,
+                    replica.epoch)
+        return colo_pb2.PromoteResponse(domain=req.domain, generation=req.generation, epoch=replica.epoch)
+
+    async def set_unprotected(self, req: colo_pb2.SetUnprotectedRequest) -> colo_pb2.SetUnprotectedResponse:
+        replica = self._held(req.domain)
+        self._newer(replica, req.generation, "SetUnprotected")
+        if replica.role is not Role.PRIMARY:
+            fail(grpc.StatusCode.FAILED_PRECONDITION, f"this host is the secondary of {req.domain}, not its primary")
+        async with replica.busy:
+            await replica.disconnect()
+            replica.generation, replica.peer_host = req.generation, ""
+            replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
+        log.warning("%s: running unprotected at generation %d", req.domain, req.generation)
+        return colo_pb2.SetUnprotectedResponse(domain=req.domain, generation=req.generation, epoch=replica.epoch)
+
+    async def release(self, req: colo_pb2.ReleaseRequest) -> colo_pb2.ReleaseResponse:
+        replica = self.replicas.get(check_domain(req.domain))
+        if replica is None:
+            return colo_pb2.ReleaseResponse(domain=req.domain, generation=req.generation, was_held=False)
+        self._not_stale(replica, req.generation, "Release")
+        async with replica.busy:
+            if req.keep_running and replica.role is Role.PRIMARY:
+                await replica.disconnect()
+                replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
+            else:
+                await self._drop(req.domain)
+        log.info("%s: released (%s)", req.domain, req.reason or "no reason given")
+        return colo_pb2.ReleaseResponse(domain=req.domain, generation=replica.generation, epoch=replica.epoch,
+                                        was_held=True)
+
+    # -- GetStatus ---------------------------------------------------------------
+
+    async def status(self, req: colo_pb2.GetStatusRequest) -> list[colo_pb2.DomainStatus]:
+        chosen = [self._held(req.domain)] if req.domain else list(self.replicas.values())
+        out = []
+        for replica in chosen:
+            digest = await asyncio.to_thread(replica.digest) if req.include_hash else None
+            out.append(replica.status(digest))
+        return out
+
+    async def close(self) -> None:
+        for domain in list(self.replicas):
+            await self._drop(domain)

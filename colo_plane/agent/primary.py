@@ -1,0 +1,198 @@
+"""The primary's side of the replication protocol (DESIGN.md section 2):
+first boot and checkpoints, each one blocking call run off the event loop
+(asyncio.to_thread).  Every page moves in C."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from colo_plane import metrics, native
+from colo_plane.agent.secondary import IO_TIMEOUT, ProtocolError
+from colo_plane.agent.syncpoints import Role, Stats, SyncPoint, SyncSink, Verify, now_ns
+from colo_plane.native import ControlId, Direction, EventKind
+
+log = logging.getLogger(__name__)
+
+CONTROL_RECORD = 8 + 24
+
+
+@dataclass(frozen=True)
+class TestHooks:
+    """Switches that break the protocol on purpose, for tests only."""
+
+    send_only_a: bool = False  # send A instead of D = A | B
+    cut_after_bytes: int = 0  # tear the next checkpoint after this many PAGE_DATA bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    epoch: int
+    stats: Stats
+    verify: Verify
+
+
+class PrimaryLink:
+    """The primary's end of one authenticated data connection."""
+
+    def __init__(
+        self,
+        *,
+        domain: str,
+        generation: int,
+        dom: native.Domain,
+        sock: socket.socket,
+        verify: bool,
+        sink: SyncSink,
+        hooks: TestHooks | None = None,
+    ) -> None:
+        self.domain = domain
+        self.generation = generation
+        self.dom = dom
+        self.sock = sock
+        self.verify = verify
+        self.sink = sink
+        self.hooks = hooks or TestHooks()
+        self.lock = threading.Lock()  # one checkpoint at a time
+        self.broken = ""
+        self._writer = native.StreamWriter(sock, timeout=IO_TIMEOUT)
+        self._back_dirty = native.Bitmap(dom.pages)
+        self._reader = native.StreamReader(
+            sock, Direction.BACK, dom, dirty_out=self._back_dirty, min_generation=generation,
+            timeout=IO_TIMEOUT, idle_timeout=IO_TIMEOUT,
+        )
+        self._a = native.Bitmap(dom.pages)
+        self._mine = native.PageHashes(dom.pages) if verify else None
+        self._theirs = native.PageHashes(dom.pages) if verify else None
+        if self._theirs is not None:
+            self._reader.set_verify_buffer(self._theirs)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _expect(self, kind: EventKind, epoch: int, control_id: ControlId | None = None) -> native.Event:
+        event = self._reader.next()
+        if event.kind != kind or (control_id is not None and event.control_id != control_id):
+            got = ControlId(event.control_id).name if event.kind == EventKind.CONTROL else event.kind.name
+            want = control_id.name if control_id is not None else kind.name
+            raise ProtocolError(f"expected {want} for epoch {epoch}, got {got}")
+        if event.epoch != epoch:
+            raise ProtocolError(f"{kind.name} of epoch {event.epoch} during checkpoint {epoch}")
+        return event
+
+    def _own_digest(self) -> native.DomainHash:
+        assert self._mine is not None
+        digest, _ = self.dom.page_hashes(self._mine)
+        return digest
+
+    def _compare(self, epoch: int, mine: native.DomainHash | None) -> Verify:
+        """Reads the secondary's VERIFY and compares it with ours (in C)."""
+        if mine is None:
+            return Verify()
+        assert self._mine is not None and self._theirs is not None
+        event = self._expect(EventKind.VERIFY, epoch)
+        verify = Verify(checked=True, memory_hash=mine.memory, context_hash=mine.context)
+        verify.context_mismatch = event.context_hash != mine.context
+        if event.memory_hash != mine.memory:
+            verify.mismatched_pages, verify.mismatched_pfns = self._mine.diff(self._theirs, 64)
+        verify.match = not verify.context_mismatch and event.memory_hash == mine.memory
+        metrics.VERIFY_CHECKS.inc()
+        if not verify.match:
+            metrics.VERIFY_FAILURES.inc()
+            log.error(
+                "VERIFY FAILED %s epoch %d: %d pages differ (first: %s)%s", self.domain, epoch,
+                verify.mismatched_pages, ", ".join(hex(p) for p in verify.mismatched_pfns[:8]),
+                "; vCPU context differs" if verify.context_mismatch else "",
+            )
+        return verify
+
+    def _send_state(self, pages: native.Bitmap, epoch: int, last_seq: int, *, first_boot: bool = False) -> None:
+        if self.hooks.cut_after_bytes and not first_boot:
+            self._writer.pages_cut(self.dom, pages, self.hooks.cut_after_bytes)
+            self.sock.shutdown(socket.SHUT_RDWR)
+            raise ProtocolError(f"test hook: checkpoint {epoch} torn after {self.hooks.cut_after_bytes} bytes")
+        self._writer.pages(self.dom, pages)
+        self._writer.context(self.dom)
+        self._writer.checkpoint(self.generation, epoch, last_seq)
+
+    def _sent(self, pages: int, epoch: int) -> int:
+        sent = native.page_data_bytes(pages) + 8 + len(self.dom.context()) + 8 + 24
+        metrics.PAGES_SENT.inc(pages)
+        metrics.BYTES_SENT.inc(sent)
+        return sent
+
+    # -- the protocol --------------------------------------------------------
+
+    def first_boot(self, epoch: int, last_seq: int = 0) -> Outcome:
+        """Pause, send every page and the context, resume at SECONDARY_READY."""
+        with self.lock:
+            return self._guard(lambda: self._first_boot(epoch, last_seq))
+
+    def checkpoint(self, epoch: int, last_seq: int = 0) -> Outcome:
+        """The six steps; returns at SECONDARY_RESUMED."""
+        with self.lock:
+            return self._guard(lambda: self._checkpoint(epoch, last_seq))
+
+    def _guard(self, run: Callable[[], Outcome]) -> Outcome:
+        if self.broken:
+            raise ProtocolError(f"data connection already failed: {self.broken}")
+        try:
+            return run()
+        except (native.NativeError, ProtocolError, OSError) as exc:
+            self.broken = str(exc)
+            if self.dom.paused:
+                self.dom.unpause()  # the primary keeps running; its output stays held
+            raise
+
+    def _first_boot(self, epoch: int, last_seq: int) -> Outcome:
+        start = now_ns()
+        if not self.dom.paused:
+            self.dom.pause()
+        pause_start = now_ns()
+        self._writer.header(self.dom)
+        self._reader.header()
+        self.dom.logdirty_enable()
+        self.dom.dirty_read_clear(self._a)  # dirty tracking starts at this snapshot
+        everything = native.Bitmap.full(self.dom.pages)
+        self._send_state(everything, epoch, last_seq, first_boot=True)
+        mine = self._own_digest() if self.verify else None
+        verify = self._compare(epoch, mine)
+        self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_READY)
+        self.dom.unpause()
+        stats = Stats(pages=self.dom.pages, bytes=self._sent(self.dom.pages, epoch), last_seq=last_seq,
+                      pause_ns=now_ns() - pause_start)
+        self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_RESUMED)
+        stats.duration_ns = now_ns() - start
+        return Outcome(epoch, stats, verify)
+
+    def _checkpoint(self, epoch: int, last_seq: int) -> Outcome:
+        start = now_ns()
+        self._writer.control(ControlId.CHECKPOINT_REQUEST, self.generation, epoch)
+        metrics.SYNC_POINTS.labels(ControlId.CHECKPOINT_REQUEST.name).inc()
+        self.sink(SyncPoint(self.domain, self.generation, epoch, ControlId.CHECKPOINT_REQUEST, Role.PRIMARY,
+                            start, Stats()))
+        self._back_dirty.clear()
+        self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_SUSPENDED)
+        self._expect(EventKind.DIRTY, 0)  # merged into _back_dirty: B
+        self.dom.pause()
+        pause_start = now_ns()
+        self.dom.dirty_read_clear(self._a)
+        d = self._a.copy() if self.hooks.send_only_a else self._a | self._back_dirty
+        self._send_state(d, epoch, last_seq)
+        mine = self._own_digest() if self.verify else None
+        self.dom.unpause()
+        pause_ns = now_ns() - pause_start
+        stats = Stats(pages=d.count(), dirty_a=self._a.count(), dirty_b=self._back_dirty.count(),
+                      dirty_d=d.count(), pause_ns=pause_ns, last_seq=last_seq)
+        stats.bytes = self._sent(stats.pages, epoch)
+        verify = self._compare(epoch, mine)
+        self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_RESUMED)
+        stats.duration_ns = now_ns() - start
+        for name, size in (("A", stats.dirty_a), ("B", stats.dirty_b), ("D", stats.dirty_d)):
+            metrics.DIRTY_PAGES.labels(name).observe(size)
+        metrics.CHECKPOINT_PAUSE.labels("primary").observe(pause_ns / 1e9)
+        metrics.CHECKPOINT_DURATION.labels("primary").observe(stats.duration_ns / 1e9)
+        metrics.CHECKPOINTS.labels("primary", "ok" if verify.match or not verify.checked else "mismatch").inc()
+        return Outcome(epoch, stats, verify)

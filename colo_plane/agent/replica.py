@@ -1,0 +1,145 @@
+"""One domain held by this agent, as primary or secondary of a pair, with
+everything its role runs: the native domain, the data connection, and the
+replication thread or link."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from colo_plane import native
+from colo_plane._proto import colo_pb2
+from colo_plane.agent.primary import PrimaryLink
+from colo_plane.agent.secondary import SecondaryLoop
+from colo_plane.agent.syncpoints import Role, Stats, SyncSink, Verify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Replica:
+    domain: str
+    generation: int
+    role: Role
+    spec: colo_pb2.DomainSpec
+    dom: native.Domain
+    verify: bool
+    epoch: int = 0
+    peer_host: str = ""
+    state: int = colo_pb2.PAIR_STATE_SYNCING
+    sock: socket.socket | None = None
+    link: PrimaryLink | None = None  # primary with a secondary
+    loop: SecondaryLoop | None = None  # secondary
+    thread: threading.Thread | None = None
+    checkpoints: int = 0
+    last_stats: Stats = field(default_factory=Stats)
+    last_verify: Verify = field(default_factory=Verify)
+    last_error: str = ""
+    busy: asyncio.Lock = field(default_factory=asyncio.Lock)  # one command changing the replica at a time
+    accept_task: asyncio.Task[None] | None = None
+
+    # -- the data connection ---------------------------------------------------
+
+    def start_secondary(self, sock: socket.socket, sink: SyncSink) -> None:
+        """Runs the secondary's loop on an authenticated connection."""
+        self.sock = sock
+        self.loop = SecondaryLoop(domain=self.domain, generation=self.generation, dom=self.dom, sock=sock,
+                                  verify=self.verify, sink=sink)
+        self.thread = threading.Thread(target=self.loop.run, name=f"secondary-{self.domain}", daemon=True)
+        self.thread.start()
+
+    async def disconnect(self) -> None:
+        """Closes the data connection and waits for the replication thread."""
+        if self.accept_task is not None:
+            self.accept_task.cancel()
+            self.accept_task = None
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+        if self.thread is not None:
+            await asyncio.to_thread(self.thread.join)
+            self.thread = None
+        if self.link is not None:
+            lock = self.link.lock  # a checkpoint in flight ends on the shut socket
+            await asyncio.to_thread(lock.acquire)
+            lock.release()
+            self.link = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.loop = None
+
+    async def close(self) -> None:
+        await self.disconnect()
+        self.dom.close()
+
+    # -- what GetStatus shows ----------------------------------------------------
+
+    def refresh(self) -> None:
+        """Pulls the secondary thread's progress into this record."""
+        if self.loop is None:
+            return
+        st = self.loop.state
+        self.epoch = max(self.epoch, st.epoch)
+        self.checkpoints = st.checkpoints
+        if st.last_stats is not None:
+            self.last_stats = st.last_stats
+        if st.last_error:
+            self.last_error = st.last_error
+        if st.epoch and not st.finished:
+            self.state = colo_pb2.PAIR_STATE_CHECKPOINTING if st.suspended else colo_pb2.PAIR_STATE_PROTECTED
+
+    def _lock(self) -> threading.Lock | None:
+        if self.loop is not None:
+            return self.loop.lock
+        if self.link is not None:
+            return self.link.lock
+        return None
+
+    def digest(self) -> native.DomainHash:
+        """Memory and context hash, never in the middle of a change."""
+        lock = self._lock()
+        if lock is None:
+            return self.dom.hash()
+        with lock:
+            return self.dom.hash()
+
+    def status(self, digest: native.DomainHash | None = None) -> colo_pb2.DomainStatus:
+        self.refresh()
+        out = colo_pb2.DomainStatus(
+            domain=self.domain, generation=self.generation, epoch=self.epoch,
+            role=colo_pb2.ROLE_PRIMARY if self.role is Role.PRIMARY else colo_pb2.ROLE_SECONDARY,
+            state=self.state, paused=self.dom.paused, pages=self.dom.pages, backend=self.dom.backend,
+            peer_host_id=self.peer_host,
+            peer_connected=(self.link is not None and not self.link.broken)
+            or (self.loop is not None and not self.loop.state.finished),
+            last_checkpoint=stats_to_proto(self.last_stats),
+            last_error=self.last_error, checkpoints=self.checkpoints,
+        )
+        v = self.last_verify
+        if v.checked:
+            out.last_verify.CopyFrom(verify_to_proto(v))
+        if digest is not None:
+            out.memory_hash, out.context_hash = digest.memory, digest.context
+        return out
+
+
+def verify_to_proto(v: Verify) -> colo_pb2.VerifyResult:
+    if not v.checked:
+        return colo_pb2.VerifyResult()
+    return colo_pb2.VerifyResult(
+        outcome=colo_pb2.VERIFY_OUTCOME_MATCH if v.match else colo_pb2.VERIFY_OUTCOME_MISMATCH,
+        memory_hash=v.memory_hash, context_hash=v.context_hash, mismatched_pfns=v.mismatched_pfns,
+        mismatched_pages=v.mismatched_pages, context_mismatch=v.context_mismatch,
+    )
+
+
+def stats_to_proto(s: Stats) -> colo_pb2.CheckpointStats:
+    return colo_pb2.CheckpointStats(
+        pages=s.pages, bytes=s.bytes, dirty_a_pages=s.dirty_a, dirty_b_pages=s.dirty_b, dirty_d_pages=s.dirty_d,
+        pause_ns=s.pause_ns, duration_ns=s.duration_ns, last_seq=s.last_seq,
+    )

@@ -1,0 +1,94 @@
+"""`colo agent`: the host agent daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import uuid
+
+import grpc
+
+from colo_plane import serving
+from colo_plane._proto import colo_pb2, colo_pb2_grpc
+from colo_plane.agent import datalink
+from colo_plane.agent.core import AgentConfig, AgentCore
+from colo_plane.agent.primary import TestHooks
+from colo_plane.agent.registration import Registration
+from colo_plane.agent.reporter import SyncReporter
+from colo_plane.agent.servicer import AgentServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE = colo_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+SHUTDOWN_GRACE = 5.0
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"colo agent: --label wants key=value, got {pair!r}")
+        out[key] = value
+    return out
+
+
+async def run(args: argparse.Namespace) -> int:
+    incarnation = uuid.uuid4().hex
+    listener = datalink.DataListener(args.data_listen)
+    data_address = await listener.start()
+    channel = grpc.aio.insecure_channel(args.coordinator, options=serving.CHANNEL_OPTIONS)
+    stub = colo_pb2_grpc.CoordinatorStub(channel)
+    reporter = SyncReporter(stub, args.host_id)
+    hooks = TestHooks(send_only_a=args.test_send_only_a, cut_after_bytes=args.test_cut_checkpoint_after)
+    if hooks != TestHooks():
+        log.warning("TEST HOOKS ON: %s -- this agent breaks replication on purpose", hooks)
+    core = AgentCore(AgentConfig(args.host_id, data_address, verify=args.verify, hooks=hooks), listener,
+                     reporter.submit)
+
+    server = serving.new_server()
+    colo_pb2_grpc.add_AgentServicer_to_server(AgentServicer(core, incarnation), server)
+    health_servicer = serving.add_health_and_reflection(server, [SERVICE])
+    grpc_address = serving.bind(server, args.listen)
+    metrics_address = serving.start_metrics(args.metrics_listen)
+    await server.start()
+    await serving.set_serving(health_servicer, [SERVICE])
+    registration = Registration(
+        stub, host_id=args.host_id, incarnation=incarnation, grpc_address=grpc_address,
+        data_address=data_address, service_host=args.service_host, labels=_labels(args.label),
+        statuses=lambda: [r.status() for r in core.replicas.values()],
+    )
+    serving.write_ready_file(args.ready_file, {
+        "host_id": args.host_id, "grpc": grpc_address, "data": data_address, "metrics": metrics_address,
+        "incarnation": incarnation,
+    })
+    log.info("agent %s serving gRPC on %s, data on %s, metrics on %s", args.host_id, grpc_address,
+             data_address, metrics_address or "(off)")
+
+    await serving.stop_signals().wait()
+    log.info("agent %s shutting down", args.host_id)
+    await serving.shutdown(server, health_servicer, SHUTDOWN_GRACE)
+    await registration.close()
+    await core.close()
+    await listener.close()
+    await reporter.drain(1.0)
+    await reporter.close()
+    await channel.close()
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host-id", required=True, help="this host's name in the cluster")
+    parser.add_argument("--listen", default="127.0.0.1:7100", help="gRPC address (Agent API)")
+    parser.add_argument("--data-listen", default="127.0.0.1:7101", help="data port for primaries' streams")
+    parser.add_argument("--coordinator", default="127.0.0.1:7000", help="the coordinator's gRPC address")
+    parser.add_argument("--metrics-listen", default="", help="host:port for Prometheus /metrics (off if empty)")
+    parser.add_argument("--service-host", default="127.0.0.1", help="address the COLO proxy serves clients on")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="failure-domain label for placement (repeatable)")
+    parser.add_argument("--verify", action="store_true",
+                        help="verify mode for every pair: hash both sides after each checkpoint (debug)")
+    parser.add_argument("--ready-file", help="write the bound addresses here as JSON once serving")
+    parser.add_argument("--test-send-only-a", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--test-cut-checkpoint-after", type=int, default=0, help=argparse.SUPPRESS)

@@ -1,0 +1,93 @@
+"""What both daemons' gRPC servers share: interceptor, health, reflection,
+the /metrics endpoint and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from colo_plane import addresses
+from colo_plane.grpc_metrics import MetricsInterceptor
+
+log = logging.getLogger(__name__)
+
+# Keepalive that clients and servers agree on (a client pinging more often
+# than the server permits is disconnected with GOAWAY).
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def new_server() -> grpc.aio.Server:
+    return grpc.aio.server(interceptors=[MetricsInterceptor()], options=SERVER_OPTIONS)
+
+
+def add_health_and_reflection(server: grpc.aio.Server, services: Sequence[str]) -> health.aio.HealthServicer:
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, services: Sequence[str]) -> None:
+    for name in ("", *services):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def bind(server: grpc.aio.Server, address: str) -> str:
+    """Binds address (port 0: any free port); returns the bound address."""
+    host, _ = addresses.parse(address)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return addresses.join(host, port)
+
+
+def start_metrics(address: str | None) -> str:
+    """Serves /metrics; returns the bound address ('' when disabled)."""
+    if not address:
+        return ""
+    host, port = addresses.parse(address)
+    httpd, _ = start_http_server(port, addr=host)
+    return addresses.join(host, httpd.server_port)
+
+
+def write_ready_file(path: str | None, info: dict[str, str]) -> None:
+    """Tells a supervisor (or a test) where we listen, atomically."""
+    if not path:
+        return
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def stop_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def shutdown(server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace: float) -> None:
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace)

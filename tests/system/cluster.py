@@ -1,0 +1,145 @@
+"""Real processes for the system tests: `colo agent` daemons on loopback,
+and a recording Coordinator (a real gRPC server in the test process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from colo_plane._proto import colo_pb2, colo_pb2_grpc
+
+COLO = [sys.executable, "-m", "colo_plane.cli"]
+
+
+class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
+    """Accepts registrations and heartbeats; records every sync point."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sync_points: list[colo_pb2.ReportSyncPointRequest] = []
+        self.registered: dict[str, colo_pb2.RegisterAgentRequest] = {}
+
+    def RegisterAgent(self, request: Any, context: Any) -> colo_pb2.RegisterAgentResponse:  # noqa: N802
+        with self.lock:
+            self.registered[request.host_id] = request
+        return colo_pb2.RegisterAgentResponse()
+
+    def Heartbeat(self, request: Any, context: Any) -> colo_pb2.HeartbeatResponse:  # noqa: N802
+        return colo_pb2.HeartbeatResponse()
+
+    def ReportSyncPoint(self, request: Any, context: Any) -> colo_pb2.ReportSyncPointResponse:  # noqa: N802
+        with self.lock:
+            self.sync_points.append(request)
+        return colo_pb2.ReportSyncPointResponse(generation=request.generation)
+
+    def points(self, domain: str) -> list[colo_pb2.ReportSyncPointRequest]:
+        with self.lock:
+            return [p for p in self.sync_points if p.domain == domain]
+
+    def wait_for(self, domain: str, count: int, timeout: float = 10.0) -> list[colo_pb2.ReportSyncPointRequest]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            points = self.points(domain)
+            if len(points) >= count:
+                return points
+            time.sleep(0.02)
+        raise AssertionError(f"only {len(self.points(domain))} of {count} sync points of {domain} arrived")
+
+
+def start_recording_coordinator() -> tuple[grpc.Server, RecordingCoordinator, str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    recorder = RecordingCoordinator()
+    colo_pb2_grpc.add_CoordinatorServicer_to_server(recorder, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, recorder, f"127.0.0.1:{port}"
+
+
+@dataclass
+class AgentProcess:
+    host_id: str
+    proc: subprocess.Popen[bytes]
+    info: dict[str, str]
+    log_path: Path
+    channel: grpc.Channel = field(init=False)
+    stub: colo_pb2_grpc.AgentStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(self.info["grpc"])
+        self.stub = colo_pb2_grpc.AgentStub(self.channel)
+
+    @property
+    def data(self) -> str:
+        return self.info["data"]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self, domain: str, include_hash: bool = False) -> colo_pb2.DomainStatus:
+        reply = self.stub.GetStatus(colo_pb2.GetStatusRequest(domain=domain, include_hash=include_hash), timeout=10)
+        return reply.domains[0]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        return self.proc.returncode
+
+
+def start_agent(tmp: Path, host_id: str, coordinator: str, *extra: str) -> AgentProcess:
+    ready = tmp / f"{host_id}.ready.json"
+    log_path = tmp / f"{host_id}.log"
+    cmd = [*COLO, "agent", "--host-id", host_id, "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0",
+           "--metrics-listen", "127.0.0.1:0", "--coordinator", coordinator, "--ready-file", str(ready), *extra]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"agent {host_id} exited with {proc.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"agent {host_id} not ready in 30 s:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    return AgentProcess(host_id, proc, json.loads(ready.read_text()), log_path)
+
+
+def sim_spec(domain: str, *, pages: int = 4096, rate: int = 20_000, verify: bool = True,
+             seed: int = 42) -> colo_pb2.DomainSpec:
+    return colo_pb2.DomainSpec(
+        domain=domain, verify=verify,
+        sim=colo_pb2.SimDomainSpec(pages=pages, dirty_rate=rate, seed=seed,
+                                   pattern=colo_pb2.SIM_PATTERN_UNIFORM),
+    )
+
+
+def protect(primary: AgentProcess, secondary: AgentProcess, spec: colo_pb2.DomainSpec, *, generation: int = 1,
+            epoch: int = 1, secret: bytes = b"s" * 32) -> colo_pb2.StartPrimaryResponse:
+    """The coordinator's part of a first boot: PrepareSecondary, then StartPrimary."""
+    prepared = secondary.stub.PrepareSecondary(colo_pb2.PrepareSecondaryRequest(
+        domain=spec.domain, generation=generation, epoch=epoch, spec=spec, pair_secret=secret,
+        peer_host_id=primary.host_id, peer_data_address=primary.data), timeout=10)
+    return primary.stub.StartPrimary(colo_pb2.StartPrimaryRequest(
+        domain=spec.domain, generation=generation, epoch=epoch, spec=spec, pair_secret=secret,
+        peer_host_id=secondary.host_id, peer_data_address=prepared.data_address), timeout=60)
+
+
+def checkpoint(primary: AgentProcess, domain: str, generation: int, epoch: int) -> colo_pb2.AgentCheckpointResponse:
+    return primary.stub.Checkpoint(colo_pb2.AgentCheckpointRequest(
+        domain=domain, generation=generation, epoch=epoch, trigger=colo_pb2.CHECKPOINT_TRIGGER_MANUAL), timeout=30)
