@@ -13,8 +13,11 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
     xen = "built" if native.xen_built() else "not built: xenctrl.h not found at build time"
     if args.json:
-        print(json.dumps({"version": __version__, "native": native.version(), "backends": {
-            "sim": "built", "xen": xen}}))
+        print(
+            json.dumps(
+                {"version": __version__, "native": native.version(), "backends": {"sim": "built", "xen": xen}}
+            )
+        )
     else:
         print(f"colo-plane {__version__} (native {native.version()})")
         print("backend sim: built")
@@ -45,6 +48,15 @@ def _add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
 
 
+def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
+    from colo_plane.bench import checkpoint
+
+    sizes = tuple(int(x) for x in args.sizes.split(","))
+    raw, results = checkpoint.run(sizes=sizes, checkpoints=args.checkpoints)
+    print(json.dumps(checkpoint.as_json(raw, results)) if args.json else checkpoint.render(raw, results))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colo", description="COLO fault tolerance for virtual machines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -68,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     bstream.add_argument("--repeats", type=int, default=5, help="alternating runs of each (median kept)")
     bstream.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bstream.set_defaults(func=_cmd_bench_stream)
+    bckpt = bench_sub.add_parser("checkpoint", help="primary pause per checkpoint vs the raw TCP ideal")
+    bckpt.add_argument("--sizes", default="1000,10000,100000", help="dirty set sizes, comma-separated")
+    bckpt.add_argument("--checkpoints", type=int, default=100, help="checkpoints per size (default 100)")
+    bckpt.add_argument("--json", action="store_true", help="one JSON object of the figures")
+    bckpt.set_defaults(func=_cmd_bench_checkpoint)
     return parser
 
 

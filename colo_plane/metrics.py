@@ -13,8 +13,24 @@ from colo_plane import __version__
 
 # 100 us .. 10 s: pause and checkpoint times.
 MS_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 # 1 .. 16M pages: dirty set sizes.
 PAGE_BUCKETS = tuple(float(4**i) for i in range(13))
@@ -27,16 +43,16 @@ BUILD_INFO.info({"version": __version__})
 CHECKPOINT_DURATION = Histogram(
     "colo_checkpoint_duration_seconds",
     "Whole checkpoint on this side: request to SECONDARY_RESUMED",
-    ["role"], buckets=MS_BUCKETS,
+    ["role"],
+    buckets=MS_BUCKETS,
 )
 CHECKPOINT_PAUSE = Histogram(
     "colo_checkpoint_pause_seconds",
     "Time this side's guest was paused for a checkpoint",
-    ["role"], buckets=MS_BUCKETS,
+    ["role"],
+    buckets=MS_BUCKETS,
 )
-CHECKPOINTS = Counter(
-    "colo_agent_checkpoints_total", "Checkpoints run by this agent", ["role", "result"]
-)
+CHECKPOINTS = Counter("colo_agent_checkpoints_total", "Checkpoints run by this agent", ["role", "result"])
 PAGES_SENT = Counter("colo_pages_sent_total", "Guest pages sent on data streams")
 BYTES_SENT = Counter("colo_stream_sent_bytes_total", "Stream bytes sent, framing included")
 PAGES_RECEIVED = Counter("colo_pages_received_total", "Guest pages applied from data streams")
@@ -44,11 +60,10 @@ BYTES_RECEIVED = Counter("colo_stream_received_bytes_total", "Stream bytes recei
 DIRTY_PAGES = Histogram(
     "colo_dirty_pages",
     "Dirty set sizes per checkpoint: A (primary), B (secondary), D = A | B (sent)",
-    ["set"], buckets=PAGE_BUCKETS,
+    ["set"],
+    buckets=PAGE_BUCKETS,
 )
-SYNC_POINTS = Counter(
-    "colo_sync_points_total", "Sync points sent by this agent", ["control_id"]
-)
+SYNC_POINTS = Counter("colo_sync_points_total", "Sync points sent by this agent", ["control_id"])
 SYNC_REPORTS_DROPPED = Counter(
     "colo_sync_reports_dropped_total", "ReportSyncPoint calls given up (coordinator unreachable)"
 )
@@ -57,29 +72,29 @@ HANDSHAKE_FAILURES = Counter(
     "Data connections refused before any record",
     ["reason"],
 )
-STREAM_ERRORS = Counter(
-    "colo_stream_errors_total", "Data streams ended by an error", ["code"]
-)
+STREAM_ERRORS = Counter("colo_stream_errors_total", "Data streams ended by an error", ["code"])
 VERIFY_FAILURES = Counter(
     "colo_verify_failures_total", "Checkpoints whose secondary did not equal the primary (verify mode)"
 )
 VERIFY_CHECKS = Counter("colo_verify_checks_total", "Checkpoints verified (verify mode)")
-FENCED = Counter(
-    "colo_fenced_total", "Commands or records refused for an older generation", ["what"]
-)
+FENCED = Counter("colo_fenced_total", "Commands or records refused for an older generation", ["what"])
 DOMAINS_HELD = Gauge("colo_agent_domains", "Domains this agent holds", ["role"])
 
 # ---- gRPC servers (both daemons; names as go-grpc-prometheus) -------------------
 
 GRPC_STARTED = Counter(
-    "grpc_server_started_total", "RPCs started on the server",
+    "grpc_server_started_total",
+    "RPCs started on the server",
     ["grpc_type", "grpc_service", "grpc_method"],
 )
 GRPC_HANDLED = Counter(
-    "grpc_server_handled_total", "RPCs completed on the server, by status code (aborted ones too)",
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by status code (aborted ones too)",
     ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
 )
 GRPC_HANDLING = Histogram(
-    "grpc_server_handling_seconds", "Time to handle an RPC, until its status is sent",
-    ["grpc_type", "grpc_service", "grpc_method"], buckets=MS_BUCKETS,
+    "grpc_server_handling_seconds",
+    "Time to handle an RPC, until its status is sent",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=MS_BUCKETS,
 )

@@ -394,6 +394,10 @@ class Domain:
         """Page writes the sim vCPU has made (0 on other backends)."""
         return int(lib.colo_sim_writes(self._p()))
 
+    def sim_dirty(self, pages: Bitmap) -> None:
+        """Sim only: the guest writes each page of pages once, now."""
+        _check(lib.colo_sim_dirty(self._p(), pages._ptr))
+
     def pause(self) -> None:
         _check(lib.colo_domain_pause(self._p()))
 
@@ -526,30 +530,57 @@ class StreamWriter:
 
     def pages_cut(self, dom: Domain, pages: Bitmap, cut_after: int) -> None:
         """Test hook: as pages(), but stop after cut_after bytes, mid-record."""
-        _check(lib.colo_write_pages_cut(self._fd, dom._p(), pages._ptr, _u64("cut_after", cut_after),
-                                        self._timeout))
+        _check(
+            lib.colo_write_pages_cut(
+                self._fd, dom._p(), pages._ptr, _u64("cut_after", cut_after), self._timeout
+            )
+        )
 
     def context(self, dom: Domain) -> None:
         _check(lib.colo_write_context(self._fd, dom._p(), self._timeout))
 
     def control(self, control_id: ControlId, generation: int, epoch: int) -> None:
-        _check(lib.colo_write_control(self._fd, int(ControlId(control_id)), _u64("generation", generation),
-                                      _u64("epoch", epoch), self._timeout))
+        _check(
+            lib.colo_write_control(
+                self._fd,
+                int(ControlId(control_id)),
+                _u64("generation", generation),
+                _u64("epoch", epoch),
+                self._timeout,
+            )
+        )
 
     def dirty_list(self, pages: Bitmap) -> None:
         _check(lib.colo_write_dirty_list(self._fd, pages._ptr, self._timeout))
 
-    def verify(self, epoch: int, digest: DomainHash, pages: int, page_hashes: PageHashes | None = None) -> None:
+    def verify(
+        self, epoch: int, digest: DomainHash, pages: int, page_hashes: PageHashes | None = None
+    ) -> None:
         """VERIFY; with page_hashes the peer can name the pages that differ."""
         if page_hashes is not None and len(page_hashes) != pages:
             raise ValueError(f"{len(page_hashes)} page hashes for {pages} pages")
-        _check(lib.colo_write_verify(self._fd, _u64("epoch", epoch), digest.memory, digest.context,
-                                     _u64("pages", pages), page_hashes._buf if page_hashes else ffi.NULL,
-                                     self._timeout))
+        _check(
+            lib.colo_write_verify(
+                self._fd,
+                _u64("epoch", epoch),
+                digest.memory,
+                digest.context,
+                _u64("pages", pages),
+                page_hashes._buf if page_hashes else ffi.NULL,
+                self._timeout,
+            )
+        )
 
     def checkpoint(self, generation: int, epoch: int, last_seq: int = 0) -> None:
-        _check(lib.colo_write_checkpoint(self._fd, _u64("generation", generation), _u64("epoch", epoch),
-                                         _u64("last_seq", last_seq), self._timeout))
+        _check(
+            lib.colo_write_checkpoint(
+                self._fd,
+                _u64("generation", generation),
+                _u64("epoch", epoch),
+                _u64("last_seq", last_seq),
+                self._timeout,
+            )
+        )
 
     def end(self) -> None:
         _check(lib.colo_write_end(self._fd, self._timeout))
@@ -581,10 +612,18 @@ class StreamReader:
         self._sock, self._dom, self._dirty = sock, dom, dirty_out
         self._verify: PageHashes | None = None
         out = ffi.new("colo_reader **")
-        _check(lib.colo_reader_new(
-            sock.fileno(), int(Direction(direction)), dom._p(),
-            dirty_out._ptr if dirty_out is not None else ffi.NULL,
-            _u64("min_generation", min_generation), _timeout_ms(timeout), _timeout_ms(idle_timeout), out))
+        _check(
+            lib.colo_reader_new(
+                sock.fileno(),
+                int(Direction(direction)),
+                dom._p(),
+                dirty_out._ptr if dirty_out is not None else ffi.NULL,
+                _u64("min_generation", min_generation),
+                _timeout_ms(timeout),
+                _timeout_ms(idle_timeout),
+                out,
+            )
+        )
         self._ptr = ffi.gc(out[0], lib.colo_reader_free)
 
     def header(self) -> None:
@@ -598,9 +637,18 @@ class StreamReader:
         it staged of a checkpoint is dropped, guest memory untouched."""
         ev = ffi.new("struct colo_event *")
         _check(lib.colo_reader_next(self._ptr, ev))
-        return Event(EventKind(ev.kind), int(ev.control_id), int(ev.generation), int(ev.epoch),
-                      int(ev.last_seq), int(ev.pages), int(ev.memory_hash), int(ev.context_hash),
-                      int(ev.bytes), bool(ev.page_hashes))
+        return Event(
+            EventKind(ev.kind),
+            int(ev.control_id),
+            int(ev.generation),
+            int(ev.epoch),
+            int(ev.last_seq),
+            int(ev.pages),
+            int(ev.memory_hash),
+            int(ev.context_hash),
+            int(ev.bytes),
+            bool(ev.page_hashes),
+        )
 
     def set_verify_buffer(self, hashes: PageHashes | None) -> None:
         """Where VERIFY records' page hashes go (Event.page_hashes says when)."""

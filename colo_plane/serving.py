@@ -10,8 +10,10 @@ import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
+from grpc_health.v1 import _async as health_aio  # what health.aio names; typed as Any
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -20,6 +22,9 @@ from colo_plane import addresses
 from colo_plane.grpc_metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
+
+# grpc_health ships no type information for its asyncio servicer.
+HealthServicer = Any
 
 # Keepalive that clients and servers agree on (a client pinging more often
 # than the server permits is disconnected with GOAWAY).
@@ -40,14 +45,14 @@ def new_server() -> grpc.aio.Server:
     return grpc.aio.server(interceptors=[MetricsInterceptor()], options=SERVER_OPTIONS)
 
 
-def add_health_and_reflection(server: grpc.aio.Server, services: Sequence[str]) -> health.aio.HealthServicer:
-    health_servicer = health.aio.HealthServicer()
+def add_health_and_reflection(server: grpc.aio.Server, services: Sequence[str]) -> HealthServicer:
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return health_servicer
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer, services: Sequence[str]) -> None:
+async def set_serving(health_servicer: HealthServicer, services: Sequence[str]) -> None:
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -88,6 +93,6 @@ def stop_signals() -> asyncio.Event:
     return stop
 
 
-async def shutdown(server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace: float) -> None:
+async def shutdown(server: grpc.aio.Server, health_servicer: HealthServicer, grace: float) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace)

@@ -45,13 +45,15 @@ def _make_ffi() -> FFI:
     ffi = FFI()
     ffi.cdef(_cdef())
     have_xen = _have_xen()
-    define_macros = [("COLO_VERSION", '"%s"' % _package_version()), ("_GNU_SOURCE", "1")]
+    define_macros = [("COLO_VERSION", f'"{_package_version()}"'), ("_GNU_SOURCE", "1")]
     libraries = ["pthread"]
     if have_xen:
         define_macros.append(("COLO_HAVE_XEN", "1"))
         libraries += ["xenctrl", "xenforeignmemory"]
-    print("colo native: xen backend %s" % ("built" if have_xen else "not built: xenctrl.h not found"),
-          file=sys.stderr)
+    print(
+        "colo native: xen backend %s" % ("built" if have_xen else "not built: xenctrl.h not found"),
+        file=sys.stderr,
+    )
     ffi.set_source(
         "colo_plane._native._lib",
         '#include <stdint.h>\n#include "colo.h"\n',
@@ -59,8 +61,14 @@ def _make_ffi() -> FFI:
         include_dirs=[str(HERE.relative_to(ROOT))],
         define_macros=define_macros,
         libraries=libraries,
-        extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
-                            "-fvisibility=hidden"],
+        extra_compile_args=[
+            "-O2",
+            "-std=gnu11",
+            "-Wall",
+            "-Wextra",
+            "-Werror=implicit-function-declaration",
+            "-fvisibility=hidden",
+        ],
     )
     return ffi
 

@@ -170,6 +170,10 @@ int colo_domain_write_page(colo_domain *dom, uint64_t pfn, const uint8_t *buf);
 int colo_domain_hash(colo_domain *dom, uint64_t *memory_hash,
                      uint64_t *context_hash, uint64_t *page_hashes);
 
+/* Sim: the guest writes every page of pages once, now (benches force a
+ * dirty set of an exact size with it).  Other backends: COLO_E_UNSUPPORTED. */
+int colo_sim_dirty(colo_domain *dom, const colo_bitmap *pages);
+
 /* Counters of the sim vCPU (0 on other backends). */
 uint64_t colo_sim_writes(const colo_domain *dom);
 

@@ -68,11 +68,18 @@ static uint64_t pick_pfn(struct sim *s)
     return base + r % span;
 }
 
-/* One guest store: 8 bytes somewhere in a page, noted in the dirty log. */
+static void store(struct sim *s, uint64_t pfn, uint64_t r);
+
+/* One guest store: 8 bytes somewhere in a random page, noted in the dirty log. */
 static void guest_write(struct sim *s)
 {
     uint64_t pfn = pick_pfn(s);
-    uint64_t r = next_random(&s->rng);
+    store(s, pfn, next_random(&s->rng));
+}
+
+/* One guest store into page pfn; called with mu held. */
+static void store(struct sim *s, uint64_t pfn, uint64_t r)
+{
     uint64_t value = (s->ctx.regs[REG_WRITES] + 1) * 0x9E3779B97F4A7C15ULL ^ pfn;
     memcpy(s->page[pfn] + (r % (COLO_PAGE_SIZE / 8)) * 8, &value, 8);
     if (s->logdirty)
@@ -366,6 +373,23 @@ int colo_sim_open(const struct colo_sim_config *cfg, colo_domain **out)
     dom->ops = &sim_ops;
     dom->paused = 1;  /* a new domain starts paused, as xl create -p does */
     *out = dom;
+    return COLO_OK;
+}
+
+int colo_sim_dirty(colo_domain *dom, const colo_bitmap *pages)
+{
+    struct sim *s;
+    if (strcmp(dom->ops->name, "sim") != 0)
+        return colo_fail(COLO_E_UNSUPPORTED, "only a sim domain can be told which pages to dirty");
+    if (pages->nbits != dom->pages)
+        return colo_fail(COLO_E_INVAL, "page set of %llu bits for a domain of %llu pages",
+                         (unsigned long long)pages->nbits, (unsigned long long)dom->pages);
+    s = dom->priv;
+    pthread_mutex_lock(&s->mu);
+    for (uint64_t w = 0; w < pages->nwords; w++)
+        for (uint64_t bits = pages->words[w]; bits; bits &= bits - 1)
+            store(s, w * 64 + (uint64_t)__builtin_ctzll(bits), next_random(&s->rng));
+    pthread_mutex_unlock(&s->mu);
     return COLO_OK;
 }
 

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -35,7 +35,7 @@ class AgentConfig:
     host_id: str
     data_address: str  # advertised: where primaries connect
     verify: bool = False  # verify every pair, whatever its spec says
-    hooks: TestHooks = TestHooks()
+    hooks: TestHooks = field(default_factory=TestHooks)
 
 
 class AgentCore:
@@ -57,16 +57,20 @@ class AgentCore:
     def _not_stale(replica: Replica, generation: int, what: str) -> None:
         if generation < replica.generation:
             metrics.FENCED.labels("command").inc()
-            fail(grpc.StatusCode.FAILED_PRECONDITION,
-                 f"{what} for {replica.domain} carries generation {generation}, older than the generation "
-                 f"{replica.generation} this agent holds: it comes from a superseded decision and is refused; "
-                 "read the pair again (colo pair) and retry with its current generation")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{what} for {replica.domain} carries generation {generation}, older than the generation "
+                f"{replica.generation} this agent holds: it comes from a superseded decision and is refused; "
+                "read the pair again (colo pair) and retry with its current generation",
+            )
 
     @staticmethod
     def _secret(secret: bytes) -> bytes:
         if len(secret) < 16:
-            fail(grpc.StatusCode.INVALID_ARGUMENT,
-                 f"pair_secret must be at least 16 random bytes (got {len(secret)})")
+            fail(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"pair_secret must be at least 16 random bytes (got {len(secret)})",
+            )
         return secret
 
     def _verify(self, spec: colo_pb2.DomainSpec) -> bool:
@@ -85,7 +89,9 @@ class AgentCore:
 
     # -- PrepareSecondary --------------------------------------------------------
 
-    async def prepare_secondary(self, req: colo_pb2.PrepareSecondaryRequest) -> colo_pb2.PrepareSecondaryResponse:
+    async def prepare_secondary(
+        self, req: colo_pb2.PrepareSecondaryRequest
+    ) -> colo_pb2.PrepareSecondaryResponse:
         check_domain(req.domain)
         check_generation(req.generation)
         secret = self._secret(req.pair_secret)
@@ -94,8 +100,11 @@ class AgentCore:
         if old is not None:
             self._not_stale(old, req.generation, "PrepareSecondary")
             if old.role is Role.PRIMARY:
-                fail(grpc.StatusCode.FAILED_PRECONDITION,
-                     f"this host already runs {req.domain} as its primary: place the secondary on another host")
+                fail(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"this host already runs {req.domain} as its primary: "
+                    "place the secondary on another host",
+                )
             if old.generation == req.generation and old.sock is None:
                 return self._prepared(req)  # a retry of the same request
             await self._drop(req.domain)
@@ -103,26 +112,46 @@ class AgentCore:
             dom = await asyncio.to_thread(domains.open_domain, req.spec, self.config.host_id, secondary=True)
         except native.NativeError as exc:
             fail(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open the secondary domain: {exc}")
-        replica = Replica(req.domain, req.generation, Role.SECONDARY, req.spec, dom, self._verify(req.spec),
-                          epoch=0, peer_host=req.peer_host_id)
+        replica = Replica(
+            req.domain,
+            req.generation,
+            Role.SECONDARY,
+            req.spec,
+            dom,
+            self._verify(req.spec),
+            epoch=0,
+            peer_host=req.peer_host_id,
+        )
         self._add(replica)
         connected = self.listener.expect(req.domain, req.generation, secret, req.peer_host_id)
         replica.accept_task = asyncio.create_task(
-            self._await_primary(replica, connected, seconds(req.accept_timeout, ACCEPT_TIMEOUT)))
-        log.info("%s: secondary prepared at generation %d, waiting for %s", req.domain, req.generation,
-                 req.peer_host_id or "the primary")
+            self._await_primary(replica, connected, seconds(req.accept_timeout, ACCEPT_TIMEOUT))
+        )
+        log.info(
+            "%s: secondary prepared at generation %d, waiting for %s",
+            req.domain,
+            req.generation,
+            req.peer_host_id or "the primary",
+        )
         return self._prepared(req)
 
     def _prepared(self, req: colo_pb2.PrepareSecondaryRequest) -> colo_pb2.PrepareSecondaryResponse:
-        return colo_pb2.PrepareSecondaryResponse(domain=req.domain, generation=req.generation, epoch=req.epoch,
-                                                 data_address=self.config.data_address)
+        return colo_pb2.PrepareSecondaryResponse(
+            domain=req.domain,
+            generation=req.generation,
+            epoch=req.epoch,
+            data_address=self.config.data_address,
+        )
 
-    async def _await_primary(self, replica: Replica, connected: asyncio.Future[socket.socket],
-                             timeout: float) -> None:
+    async def _await_primary(
+        self, replica: Replica, connected: asyncio.Future[socket.socket], timeout: float
+    ) -> None:
         try:
             sock = await asyncio.wait_for(connected, timeout)
         except TimeoutError:
-            log.warning("%s: no primary connected within %.0f s; releasing the secondary", replica.domain, timeout)
+            log.warning(
+                "%s: no primary connected within %.0f s; releasing the secondary", replica.domain, timeout
+            )
             replica.accept_task = None
             if self.replicas.get(replica.domain) is replica:
                 await self._drop(replica.domain)
@@ -143,11 +172,16 @@ class AgentCore:
         if replica is not None:
             self._not_stale(replica, req.generation, "StartPrimary")
             if replica.role is Role.SECONDARY:
-                fail(grpc.StatusCode.FAILED_PRECONDITION,
-                     f"this host holds {req.domain} as its secondary: Promote it first, or choose another host")
+                fail(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"this host holds {req.domain} as its secondary: "
+                    "Promote it first, or choose another host",
+                )
         else:
             try:
-                dom = await asyncio.to_thread(domains.open_domain, req.spec, self.config.host_id, secondary=False)
+                dom = await asyncio.to_thread(
+                    domains.open_domain, req.spec, self.config.host_id, secondary=False
+                )
             except native.NativeError as exc:
                 fail(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open the primary domain: {exc}")
             replica = Replica(req.domain, req.generation, Role.PRIMARY, req.spec, dom, self._verify(req.spec))
@@ -158,35 +192,62 @@ class AgentCore:
             replica.state = colo_pb2.PAIR_STATE_SYNCING
             sock = await self._connect(req, secret)
             replica.sock = sock
-            replica.link = PrimaryLink(domain=req.domain, generation=req.generation, dom=replica.dom, sock=sock,
-                                       verify=replica.verify, sink=self.sink, hooks=self.config.hooks)
-            outcome = await self._run_link(replica, replica.link.first_boot, req.epoch,
-                                           seconds(req.first_boot_timeout, FIRST_BOOT_TIMEOUT))
+            replica.link = PrimaryLink(
+                domain=req.domain,
+                generation=req.generation,
+                dom=replica.dom,
+                sock=sock,
+                verify=replica.verify,
+                sink=self.sink,
+                hooks=self.config.hooks,
+            )
+            outcome = await self._run_link(
+                replica,
+                replica.link.first_boot,
+                req.epoch,
+                seconds(req.first_boot_timeout, FIRST_BOOT_TIMEOUT),
+            )
             replica.epoch, replica.state = req.epoch, colo_pb2.PAIR_STATE_PROTECTED
             replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
-        log.info("%s: first boot done at generation %d epoch %d (%d pages, %.1f ms paused)", req.domain,
-                 req.generation, req.epoch, outcome.stats.pages, outcome.stats.pause_ns / 1e6)
-        return colo_pb2.StartPrimaryResponse(domain=req.domain, generation=req.generation, epoch=req.epoch,
-                                             stats=stats_to_proto(outcome.stats),
-                                             verify=verify_to_proto(outcome.verify))
+        log.info(
+            "%s: first boot done at generation %d epoch %d (%d pages, %.1f ms paused)",
+            req.domain,
+            req.generation,
+            req.epoch,
+            outcome.stats.pages,
+            outcome.stats.pause_ns / 1e6,
+        )
+        return colo_pb2.StartPrimaryResponse(
+            domain=req.domain,
+            generation=req.generation,
+            epoch=req.epoch,
+            stats=stats_to_proto(outcome.stats),
+            verify=verify_to_proto(outcome.verify),
+        )
 
     async def _connect(self, req: colo_pb2.StartPrimaryRequest, secret: bytes) -> socket.socket:
         try:
-            return await datalink.connect(req.peer_data_address, req.domain, req.generation, secret,
-                                          timeout=CONNECT_TIMEOUT)
+            return await datalink.connect(
+                req.peer_data_address, req.domain, req.generation, secret, timeout=CONNECT_TIMEOUT
+            )
         except handshake.HandshakeError as exc:
             metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
-            fail(grpc.StatusCode.PERMISSION_DENIED,
-                 f"secondary at {req.peer_data_address} refused the data connection ({exc}); "
-                 "prepare it again with this generation's secret")
+            fail(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"secondary at {req.peer_data_address} refused the data connection ({exc}); "
+                "prepare it again with this generation's secret",
+            )
         except (OSError, TimeoutError) as exc:
-            fail(grpc.StatusCode.UNAVAILABLE,
-                 f"cannot reach the secondary's data port {req.peer_data_address}: {exc or 'timed out'}")
+            fail(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot reach the secondary's data port {req.peer_data_address}: {exc or 'timed out'}",
+            )
         except ValueError as exc:
             fail(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    async def _run_link(self, replica: Replica, step: Callable[[int], Outcome], epoch: int,
-                        timeout: float) -> Outcome:
+    async def _run_link(
+        self, replica: Replica, step: Callable[[int], Outcome], epoch: int, timeout: float
+    ) -> Outcome:
         """Runs one blocking protocol step in a thread, bounded by timeout."""
         task = asyncio.ensure_future(asyncio.to_thread(step, epoch))
         try:
@@ -196,15 +257,19 @@ class AgentCore:
                 replica.sock.shutdown(socket.SHUT_RDWR)  # unblocks the thread
             await asyncio.gather(task, return_exceptions=True)
             replica.last_error = f"epoch {epoch} timed out after {timeout:.1f} s"
-            fail(grpc.StatusCode.DEADLINE_EXCEEDED,
-                 f"{replica.domain}: epoch {epoch} did not complete within {timeout:.1f} s; the data "
-                 "connection was closed and the pair needs re-protection")
+            fail(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"{replica.domain}: epoch {epoch} did not complete within {timeout:.1f} s; the data "
+                "connection was closed and the pair needs re-protection",
+            )
         except (native.NativeError, ProtocolError, OSError) as exc:
             replica.last_error = f"epoch {epoch}: {exc}"
             log.warning("%s: epoch %d failed: %s", replica.domain, epoch, exc)
-            fail(grpc.StatusCode.ABORTED,
-                 f"{replica.domain}: epoch {epoch} failed: {exc}; the secondary keeps its last whole "
-                 "checkpoint and the pair needs re-protection")
+            fail(
+                grpc.StatusCode.ABORTED,
+                f"{replica.domain}: epoch {epoch} failed: {exc}; the secondary keeps its last whole "
+                "checkpoint and the pair needs re-protection",
+            )
 
     # -- Checkpoint --------------------------------------------------------------
 
@@ -213,38 +278,54 @@ class AgentCore:
         check_generation(req.generation)
         self._not_stale(replica, req.generation, "Checkpoint")
         if req.generation > replica.generation:
-            fail(grpc.StatusCode.FAILED_PRECONDITION,
-                 f"Checkpoint for {req.domain} at generation {req.generation}, but this agent holds generation "
-                 f"{replica.generation}: run StartPrimary for the new generation first")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Checkpoint for {req.domain} at generation {req.generation}, "
+                f"but this agent holds generation "
+                f"{replica.generation}: run StartPrimary for the new generation first",
+            )
         if replica.role is not Role.PRIMARY:
-            fail(grpc.StatusCode.FAILED_PRECONDITION,
-                 f"this host is the secondary of {req.domain}: send Checkpoint to the primary's agent")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this host is the secondary of {req.domain}: send Checkpoint to the primary's agent",
+            )
         link = replica.link
         if link is None or link.broken:
-            fail(grpc.StatusCode.FAILED_PRECONDITION,
-                 f"{req.domain} has no working secondary here ({link.broken if link else 'unprotected'}): "
-                 "re-protect it (StartPrimary) before checkpointing")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{req.domain} has no working secondary here ({link.broken if link else 'unprotected'}): "
+                "re-protect it (StartPrimary) before checkpointing",
+            )
         if req.epoch <= replica.epoch:
-            fail(grpc.StatusCode.FAILED_PRECONDITION,
-                 f"epoch {req.epoch} is not above the last epoch {replica.epoch} of {req.domain}: "
-                 "epochs only rise; take the next one from the pair")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"epoch {req.epoch} is not above the last epoch {replica.epoch} of {req.domain}: "
+                "epochs only rise; take the next one from the pair",
+            )
         if replica.busy.locked():
-            fail(grpc.StatusCode.FAILED_PRECONDITION,
-                 f"{req.domain} is busy with another checkpoint or command: wait for it to finish")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{req.domain} is busy with another checkpoint or command: wait for it to finish",
+            )
         async with replica.busy:
             replica.state = colo_pb2.PAIR_STATE_CHECKPOINTING
             try:
-                outcome = await self._run_link(replica, link.checkpoint, req.epoch,
-                                               seconds(req.timeout, CHECKPOINT_TIMEOUT))
+                outcome = await self._run_link(
+                    replica, link.checkpoint, req.epoch, seconds(req.timeout, CHECKPOINT_TIMEOUT)
+                )
             except BaseException:
                 replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
                 raise
             replica.epoch, replica.state = req.epoch, colo_pb2.PAIR_STATE_PROTECTED
             replica.checkpoints += 1
             replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
-        return colo_pb2.AgentCheckpointResponse(domain=req.domain, generation=req.generation, epoch=req.epoch,
-                                                stats=stats_to_proto(outcome.stats),
-                                                verify=verify_to_proto(outcome.verify))
+        return colo_pb2.AgentCheckpointResponse(
+            domain=req.domain,
+            generation=req.generation,
+            epoch=req.epoch,
+            stats=stats_to_proto(outcome.stats),
+            verify=verify_to_proto(outcome.verify),
+        )
 
     # -- role changes --------------------------------------------------------------
 
@@ -252,9 +333,11 @@ class AgentCore:
         check_generation(generation)
         if generation <= replica.generation:
             metrics.FENCED.labels("command").inc()
-            fail(grpc.StatusCode.FAILED_PRECONDITION,
-                 f"{what} for {replica.domain} needs a generation above the held {replica.generation}, got "
-                 f"{generation}: every role change raises the generation")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{what} for {replica.domain} needs a generation above the held {replica.generation}, got "
+                f"{generation}: every role change raises the generation",
+            )
 
     async def promote(self, req: colo_pb2.PromoteRequest) -> colo_pb2.PromoteResponse:
         replica = self._held(req.domain)
@@ -262,7 +345,9 @@ class AgentCore:
         if replica.role is not Role.SECONDARY:
             fail(grpc.StatusCode.FAILED_PRECONDITION, f"this host is already the primary of {req.domain}")
         async with replica.busy:
-            await replica.disconnect()  # a torn checkpoint is dropped in C; the guest keeps the last whole one
+            await (
+                replica.disconnect()
+            )  # a torn checkpoint is dropped in C; the guest keeps the last whole one
             replica.refresh()
             replica.generation, replica.role = req.generation, Role.PRIMARY
             replica.state, replica.peer_host = colo_pb2.PAIR_STATE_UNPROTECTED, ""
@@ -270,21 +355,30 @@ class AgentCore:
                 replica.dom.unpause()
         metrics.DOMAINS_HELD.labels(Role.SECONDARY.value).dec()
         metrics.DOMAINS_HELD.labels(Role.PRIMARY.value).inc()
-        log.warning("%s: promoted to primary at generation %d (runs from epoch %d)", req.domain, req.generation,
-                    replica.epoch)
+        log.warning(
+            "%s: promoted to primary at generation %d (runs from epoch %d)",
+            req.domain,
+            req.generation,
+            replica.epoch,
+        )
         return colo_pb2.PromoteResponse(domain=req.domain, generation=req.generation, epoch=replica.epoch)
 
     async def set_unprotected(self, req: colo_pb2.SetUnprotectedRequest) -> colo_pb2.SetUnprotectedResponse:
         replica = self._held(req.domain)
         self._newer(replica, req.generation, "SetUnprotected")
         if replica.role is not Role.PRIMARY:
-            fail(grpc.StatusCode.FAILED_PRECONDITION, f"this host is the secondary of {req.domain}, not its primary")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this host is the secondary of {req.domain}, not its primary",
+            )
         async with replica.busy:
             await replica.disconnect()
             replica.generation, replica.peer_host = req.generation, ""
             replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
         log.warning("%s: running unprotected at generation %d", req.domain, req.generation)
-        return colo_pb2.SetUnprotectedResponse(domain=req.domain, generation=req.generation, epoch=replica.epoch)
+        return colo_pb2.SetUnprotectedResponse(
+            domain=req.domain, generation=req.generation, epoch=replica.epoch
+        )
 
     async def release(self, req: colo_pb2.ReleaseRequest) -> colo_pb2.ReleaseResponse:
         replica = self.replicas.get(check_domain(req.domain))
@@ -298,8 +392,9 @@ class AgentCore:
             else:
                 await self._drop(req.domain)
         log.info("%s: released (%s)", req.domain, req.reason or "no reason given")
-        return colo_pb2.ReleaseResponse(domain=req.domain, generation=replica.generation, epoch=replica.epoch,
-                                        was_held=True)
+        return colo_pb2.ReleaseResponse(
+            domain=req.domain, generation=replica.generation, epoch=replica.epoch, was_held=True
+        )
 
     # -- GetStatus ---------------------------------------------------------------
 

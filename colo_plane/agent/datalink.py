@@ -22,7 +22,9 @@ HANDSHAKE_TIMEOUT = 5.0
 class _Expected:
     secret: bytes
     peer_host: str
-    connected: asyncio.Future[socket.socket] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    connected: asyncio.Future[socket.socket] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 def _configure(sock: socket.socket) -> None:
@@ -52,7 +54,9 @@ class DataListener:
         self._task = asyncio.create_task(self._accept_loop(), name="data-accept")
         return addresses.join(host, sock.getsockname()[1])
 
-    def expect(self, domain: str, generation: int, secret: bytes, peer_host: str) -> asyncio.Future[socket.socket]:
+    def expect(
+        self, domain: str, generation: int, secret: bytes, peer_host: str
+    ) -> asyncio.Future[socket.socket]:
         """A future for the one authenticated connection of (domain, generation)."""
         self.forget(domain)
         entry = _Expected(secret, peer_host)
@@ -110,7 +114,9 @@ class DataListener:
         if entry is None or entry.connected.done():
             self._refuse(conn, peer, "unknown_pair", "pair was released during the handshake")
             return
-        log.info("data connection from %s authenticated for %s generation %d", peer, hello.domain, hello.generation)
+        log.info(
+            "data connection from %s authenticated for %s generation %d", peer, hello.domain, hello.generation
+        )
         entry.connected.set_result(conn)
 
     @staticmethod
@@ -120,7 +126,9 @@ class DataListener:
         conn.close()
 
 
-async def connect(address: str, domain: str, generation: int, secret: bytes, *, timeout: float) -> socket.socket:
+async def connect(
+    address: str, domain: str, generation: int, secret: bytes, *, timeout: float
+) -> socket.socket:
     """The primary's side: connect to the secondary's data port and authenticate."""
     host, port = addresses.parse(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

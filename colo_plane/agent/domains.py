@@ -30,17 +30,18 @@ def check_spec(spec: colo_pb2.DomainSpec) -> None:
     if backend == "sim":
         sim = spec.sim
         if not 0 < sim.pages <= MAX_SIM_PAGES:
-            fail(grpc.StatusCode.INVALID_ARGUMENT,
-                 f"sim.pages must be 1..{MAX_SIM_PAGES}, got {sim.pages}")
+            fail(grpc.StatusCode.INVALID_ARGUMENT, f"sim.pages must be 1..{MAX_SIM_PAGES}, got {sim.pages}")
         if sim.hot_percent > 100 or sim.hot_pages > sim.pages:
             fail(grpc.StatusCode.INVALID_ARGUMENT, "sim hot set: hot_percent 0..100 and hot_pages <= pages")
         if not 0.0 <= sim.divergence_probability <= 1.0:
             fail(grpc.StatusCode.INVALID_ARGUMENT, "sim.divergence_probability must be within 0.0..1.0")
     elif backend == "xen":
         if not native.xen_built():
-            fail(grpc.StatusCode.FAILED_PRECONDITION,
-                 "backend xen is not built into this agent (no xenctrl.h at build time): place the domain "
-                 "on a Xen host")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "backend xen is not built into this agent (no xenctrl.h at build time): place the domain "
+                "on a Xen host",
+            )
         if not spec.xen.name:
             fail(grpc.StatusCode.INVALID_ARGUMENT, "xen.name must name the Xen domain")
     else:
@@ -61,7 +62,9 @@ def open_domain(spec: colo_pb2.DomainSpec, host_id: str, *, secondary: bool) -> 
         pages=sim.pages,
         seed=host_seed(sim.seed, host_id),
         rate=sim.dirty_rate,
-        pattern=native.Pattern.HOTSET if sim.pattern == colo_pb2.SIM_PATTERN_HOT_SET else native.Pattern.UNIFORM,
+        pattern=native.Pattern.HOTSET
+        if sim.pattern == colo_pb2.SIM_PATTERN_HOT_SET
+        else native.Pattern.UNIFORM,
         hot_pages=sim.hot_pages,
         hot_percent=sim.hot_percent,
         service_pages=service_pages,

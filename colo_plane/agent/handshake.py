@@ -71,14 +71,18 @@ async def client(sock: socket.socket, domain: str, generation: int, secret: byte
     async with asyncio.timeout(timeout):
         name = domain.encode()
         hello = Hello(domain, generation, os.urandom(NONCE))
-        await _send(sock, HELLO_HEAD.pack(MAGIC, VERSION, len(name)) + name
-                    + struct.pack(">Q", generation) + hello.nonce)
+        await _send(
+            sock,
+            HELLO_HEAD.pack(MAGIC, VERSION, len(name)) + name + struct.pack(">Q", generation) + hello.nonce,
+        )
         reply = await _recv_exact(sock, len(MAGIC) + NONCE + MAC)
         if reply[: len(MAGIC)] != MAGIC:
             raise HandshakeError("garbage", "secondary answered with something that is not a colo challenge")
         server_nonce = reply[len(MAGIC) : len(MAGIC) + NONCE]
         server_mac = reply[len(MAGIC) + NONCE :]
-        if not hmac.compare_digest(server_mac, _mac(secret, b"colo-server", hello, hello.nonce, server_nonce)):
+        if not hmac.compare_digest(
+            server_mac, _mac(secret, b"colo-server", hello, hello.nonce, server_nonce)
+        ):
             raise HandshakeError("bad_proof", "the secondary does not know the pair secret")
         await _send(sock, _mac(secret, b"colo-client", hello, server_nonce, hello.nonce))
         if await _recv_exact(sock, len(ACCEPT)) != ACCEPT:
@@ -102,17 +106,22 @@ async def read_hello(sock: socket.socket) -> Hello:
     return Hello(domain, generation, rest[name_len + 8 :])
 
 
-async def server(sock: socket.socket, find_secret: Callable[[Hello], bytes | None], *, timeout: float) -> Hello:
+async def server(
+    sock: socket.socket, find_secret: Callable[[Hello], bytes | None], *, timeout: float
+) -> Hello:
     """The secondary's side: returns the proven hello, or raises."""
     async with asyncio.timeout(timeout):
         hello = await read_hello(sock)
         secret = find_secret(hello)
         if secret is None:
             raise HandshakeError(
-                "unknown_pair", f"no pair {hello.domain!r} at generation {hello.generation} expects a primary here"
+                "unknown_pair",
+                f"no pair {hello.domain!r} at generation {hello.generation} expects a primary here",
             )
         server_nonce = os.urandom(NONCE)
-        await _send(sock, MAGIC + server_nonce + _mac(secret, b"colo-server", hello, hello.nonce, server_nonce))
+        await _send(
+            sock, MAGIC + server_nonce + _mac(secret, b"colo-server", hello, hello.nonce, server_nonce)
+        )
         proof = await _recv_exact(sock, MAC)
         if not hmac.compare_digest(proof, _mac(secret, b"colo-client", hello, server_nonce, hello.nonce)):
             raise HandshakeError("bad_proof", f"peer for {hello.domain!r} does not know the pair secret")

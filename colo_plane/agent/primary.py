@@ -61,8 +61,13 @@ class PrimaryLink:
         self._writer = native.StreamWriter(sock, timeout=IO_TIMEOUT)
         self._back_dirty = native.Bitmap(dom.pages)
         self._reader = native.StreamReader(
-            sock, Direction.BACK, dom, dirty_out=self._back_dirty, min_generation=generation,
-            timeout=IO_TIMEOUT, idle_timeout=IO_TIMEOUT,
+            sock,
+            Direction.BACK,
+            dom,
+            dirty_out=self._back_dirty,
+            min_generation=generation,
+            timeout=IO_TIMEOUT,
+            idle_timeout=IO_TIMEOUT,
         )
         self._a = native.Bitmap(dom.pages)
         self._mine = native.PageHashes(dom.pages) if verify else None
@@ -91,7 +96,8 @@ class PrimaryLink:
         """Reads the secondary's VERIFY and compares it with ours (in C)."""
         if mine is None:
             return Verify()
-        assert self._mine is not None and self._theirs is not None
+        assert self._mine is not None
+        assert self._theirs is not None
         event = self._expect(EventKind.VERIFY, epoch)
         verify = Verify(checked=True, memory_hash=mine.memory, context_hash=mine.context)
         verify.context_mismatch = event.context_hash != mine.context
@@ -102,17 +108,24 @@ class PrimaryLink:
         if not verify.match:
             metrics.VERIFY_FAILURES.inc()
             log.error(
-                "VERIFY FAILED %s epoch %d: %d pages differ (first: %s)%s", self.domain, epoch,
-                verify.mismatched_pages, ", ".join(hex(p) for p in verify.mismatched_pfns[:8]),
+                "VERIFY FAILED %s epoch %d: %d pages differ (first: %s)%s",
+                self.domain,
+                epoch,
+                verify.mismatched_pages,
+                ", ".join(hex(p) for p in verify.mismatched_pfns[:8]),
                 "; vCPU context differs" if verify.context_mismatch else "",
             )
         return verify
 
-    def _send_state(self, pages: native.Bitmap, epoch: int, last_seq: int, *, first_boot: bool = False) -> None:
+    def _send_state(
+        self, pages: native.Bitmap, epoch: int, last_seq: int, *, first_boot: bool = False
+    ) -> None:
         if self.hooks.cut_after_bytes and not first_boot:
             self._writer.pages_cut(self.dom, pages, self.hooks.cut_after_bytes)
             self.sock.shutdown(socket.SHUT_RDWR)
-            raise ProtocolError(f"test hook: checkpoint {epoch} torn after {self.hooks.cut_after_bytes} bytes")
+            raise ProtocolError(
+                f"test hook: checkpoint {epoch} torn after {self.hooks.cut_after_bytes} bytes"
+            )
         self._writer.pages(self.dom, pages)
         self._writer.context(self.dom)
         self._writer.checkpoint(self.generation, epoch, last_seq)
@@ -161,8 +174,12 @@ class PrimaryLink:
         verify = self._compare(epoch, mine)
         self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_READY)
         self.dom.unpause()
-        stats = Stats(pages=self.dom.pages, bytes=self._sent(self.dom.pages, epoch), last_seq=last_seq,
-                      pause_ns=now_ns() - pause_start)
+        stats = Stats(
+            pages=self.dom.pages,
+            bytes=self._sent(self.dom.pages, epoch),
+            last_seq=last_seq,
+            pause_ns=now_ns() - pause_start,
+        )
         self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_RESUMED)
         stats.duration_ns = now_ns() - start
         return Outcome(epoch, stats, verify)
@@ -171,8 +188,17 @@ class PrimaryLink:
         start = now_ns()
         self._writer.control(ControlId.CHECKPOINT_REQUEST, self.generation, epoch)
         metrics.SYNC_POINTS.labels(ControlId.CHECKPOINT_REQUEST.name).inc()
-        self.sink(SyncPoint(self.domain, self.generation, epoch, ControlId.CHECKPOINT_REQUEST, Role.PRIMARY,
-                            start, Stats()))
+        self.sink(
+            SyncPoint(
+                self.domain,
+                self.generation,
+                epoch,
+                ControlId.CHECKPOINT_REQUEST,
+                Role.PRIMARY,
+                start,
+                Stats(),
+            )
+        )
         self._back_dirty.clear()
         self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_SUSPENDED)
         self._expect(EventKind.DIRTY, 0)  # merged into _back_dirty: B
@@ -184,8 +210,14 @@ class PrimaryLink:
         mine = self._own_digest() if self.verify else None
         self.dom.unpause()
         pause_ns = now_ns() - pause_start
-        stats = Stats(pages=d.count(), dirty_a=self._a.count(), dirty_b=self._back_dirty.count(),
-                      dirty_d=d.count(), pause_ns=pause_ns, last_seq=last_seq)
+        stats = Stats(
+            pages=d.count(),
+            dirty_a=self._a.count(),
+            dirty_b=self._back_dirty.count(),
+            dirty_d=d.count(),
+            pause_ns=pause_ns,
+            last_seq=last_seq,
+        )
         stats.bytes = self._sent(stats.pages, epoch)
         verify = self._compare(epoch, mine)
         self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_RESUMED)
@@ -194,5 +226,7 @@ class PrimaryLink:
             metrics.DIRTY_PAGES.labels(name).observe(size)
         metrics.CHECKPOINT_PAUSE.labels("primary").observe(pause_ns / 1e9)
         metrics.CHECKPOINT_DURATION.labels("primary").observe(stats.duration_ns / 1e9)
-        metrics.CHECKPOINTS.labels("primary", "ok" if verify.match or not verify.checked else "mismatch").inc()
+        metrics.CHECKPOINTS.labels(
+            "primary", "ok" if verify.match or not verify.checked else "mismatch"
+        ).inc()
         return Outcome(epoch, stats, verify)

@@ -46,10 +46,16 @@ class Registration:
     def _register_request(self) -> colo_pb2.RegisterAgentRequest:
         unavailable = {} if native.xen_built() else {"xen": "not built: xenctrl.h not found at build time"}
         return colo_pb2.RegisterAgentRequest(
-            host_id=self._host_id, incarnation=self._incarnation, grpc_address=self._grpc_address,
-            data_address=self._data_address, service_host=self._service_host, labels=self._labels,
-            backends=["sim", "xen"] if native.xen_built() else ["sim"], unavailable_backends=unavailable,
-            version=__version__, domains=self._statuses(),
+            host_id=self._host_id,
+            incarnation=self._incarnation,
+            grpc_address=self._grpc_address,
+            data_address=self._data_address,
+            service_host=self._service_host,
+            labels=self._labels,
+            backends=["sim", "xen"] if native.xen_built() else ["sim"],
+            unavailable_backends=unavailable,
+            version=__version__,
+            domains=self._statuses(),
         )
 
     async def _register(self) -> None:
@@ -62,8 +68,9 @@ class Registration:
                 log.info("registered with the coordinator as %s", self._host_id)
                 return
             except grpc.aio.AioRpcError as exc:
-                log.warning("cannot register with the coordinator (%s): retrying in %.1f s",
-                            exc.code().name, delay)
+                log.warning(
+                    "cannot register with the coordinator (%s): retrying in %.1f s", exc.code().name, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -73,8 +80,9 @@ class Registration:
             await asyncio.sleep(self.interval)
             try:
                 reply = await self._stub.Heartbeat(
-                    colo_pb2.HeartbeatRequest(host_id=self._host_id, incarnation=self._incarnation,
-                                              domains=self._statuses()),
+                    colo_pb2.HeartbeatRequest(
+                        host_id=self._host_id, incarnation=self._incarnation, domains=self._statuses()
+                    ),
                     timeout=RPC_TIMEOUT,
                 )
             except grpc.aio.AioRpcError as exc:

@@ -30,7 +30,7 @@ class Replica:
     verify: bool
     epoch: int = 0
     peer_host: str = ""
-    state: int = colo_pb2.PAIR_STATE_SYNCING
+    state: colo_pb2.PairState = colo_pb2.PAIR_STATE_SYNCING
     sock: socket.socket | None = None
     link: PrimaryLink | None = None  # primary with a secondary
     loop: SecondaryLoop | None = None  # secondary
@@ -47,8 +47,14 @@ class Replica:
     def start_secondary(self, sock: socket.socket, sink: SyncSink) -> None:
         """Runs the secondary's loop on an authenticated connection."""
         self.sock = sock
-        self.loop = SecondaryLoop(domain=self.domain, generation=self.generation, dom=self.dom, sock=sock,
-                                  verify=self.verify, sink=sink)
+        self.loop = SecondaryLoop(
+            domain=self.domain,
+            generation=self.generation,
+            dom=self.dom,
+            sock=sock,
+            verify=self.verify,
+            sink=sink,
+        )
         self.thread = threading.Thread(target=self.loop.run, name=f"secondary-{self.domain}", daemon=True)
         self.thread.start()
 
@@ -111,14 +117,20 @@ class Replica:
     def status(self, digest: native.DomainHash | None = None) -> colo_pb2.DomainStatus:
         self.refresh()
         out = colo_pb2.DomainStatus(
-            domain=self.domain, generation=self.generation, epoch=self.epoch,
+            domain=self.domain,
+            generation=self.generation,
+            epoch=self.epoch,
             role=colo_pb2.ROLE_PRIMARY if self.role is Role.PRIMARY else colo_pb2.ROLE_SECONDARY,
-            state=self.state, paused=self.dom.paused, pages=self.dom.pages, backend=self.dom.backend,
+            state=self.state,
+            paused=self.dom.paused,
+            pages=self.dom.pages,
+            backend=self.dom.backend,
             peer_host_id=self.peer_host,
             peer_connected=(self.link is not None and not self.link.broken)
             or (self.loop is not None and not self.loop.state.finished),
             last_checkpoint=stats_to_proto(self.last_stats),
-            last_error=self.last_error, checkpoints=self.checkpoints,
+            last_error=self.last_error,
+            checkpoints=self.checkpoints,
         )
         v = self.last_verify
         if v.checked:
@@ -133,13 +145,22 @@ def verify_to_proto(v: Verify) -> colo_pb2.VerifyResult:
         return colo_pb2.VerifyResult()
     return colo_pb2.VerifyResult(
         outcome=colo_pb2.VERIFY_OUTCOME_MATCH if v.match else colo_pb2.VERIFY_OUTCOME_MISMATCH,
-        memory_hash=v.memory_hash, context_hash=v.context_hash, mismatched_pfns=v.mismatched_pfns,
-        mismatched_pages=v.mismatched_pages, context_mismatch=v.context_mismatch,
+        memory_hash=v.memory_hash,
+        context_hash=v.context_hash,
+        mismatched_pfns=v.mismatched_pfns,
+        mismatched_pages=v.mismatched_pages,
+        context_mismatch=v.context_mismatch,
     )
 
 
 def stats_to_proto(s: Stats) -> colo_pb2.CheckpointStats:
     return colo_pb2.CheckpointStats(
-        pages=s.pages, bytes=s.bytes, dirty_a_pages=s.dirty_a, dirty_b_pages=s.dirty_b, dirty_d_pages=s.dirty_d,
-        pause_ns=s.pause_ns, duration_ns=s.duration_ns, last_seq=s.last_seq,
+        pages=s.pages,
+        bytes=s.bytes,
+        dirty_a_pages=s.dirty_a,
+        dirty_b_pages=s.dirty_b,
+        dirty_d_pages=s.dirty_d,
+        pause_ns=s.pause_ns,
+        duration_ns=s.duration_ns,
+        last_seq=s.last_seq,
     )

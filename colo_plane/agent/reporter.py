@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 import grpc
 
@@ -22,10 +23,14 @@ QUEUE_LIMIT = 10_000
 
 def to_proto(point: SyncPoint, host_id: str) -> colo_pb2.ReportSyncPointRequest:
     req = colo_pb2.ReportSyncPointRequest(
-        domain=point.domain, generation=point.generation, epoch=point.epoch,
-        control_id=int(point.control_id), host_id=host_id,
+        domain=point.domain,
+        generation=point.generation,
+        epoch=point.epoch,
+        control_id=cast(colo_pb2.ControlId, int(point.control_id)),
+        host_id=host_id,
         role=colo_pb2.ROLE_PRIMARY if point.role is Role.PRIMARY else colo_pb2.ROLE_SECONDARY,
-        monotonic_ns=point.monotonic_ns, stats=stats_to_proto(point.stats),
+        monotonic_ns=point.monotonic_ns,
+        stats=stats_to_proto(point.stats),
     )
     if point.verify is not None and point.verify.checked:
         req.verify.memory_hash = point.verify.memory_hash
@@ -63,16 +68,28 @@ class SyncReporter:
                 await self._stub.ReportSyncPoint(req, timeout=RPC_TIMEOUT)
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
-                                  grpc.StatusCode.NOT_FOUND):
-                    log.warning("coordinator refused sync point %s of %s epoch %d: %s",
-                                point.control_id.name, point.domain, point.epoch, exc.details())
+                if exc.code() in (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.NOT_FOUND,
+                ):
+                    log.warning(
+                        "coordinator refused sync point %s of %s epoch %d: %s",
+                        point.control_id.name,
+                        point.domain,
+                        point.epoch,
+                        exc.details(),
+                    )
                     return
                 if attempt + 1 < ATTEMPTS:
                     await asyncio.sleep(0.1 * (attempt + 1))
         metrics.SYNC_REPORTS_DROPPED.inc()
-        log.warning("gave up reporting %s of %s epoch %d: coordinator unreachable",
-                    point.control_id.name, point.domain, point.epoch)
+        log.warning(
+            "gave up reporting %s of %s epoch %d: coordinator unreachable",
+            point.control_id.name,
+            point.domain,
+            point.epoch,
+        )
 
     async def drain(self, timeout: float) -> None:
         """Send what is queued (at shutdown), for at most timeout seconds."""

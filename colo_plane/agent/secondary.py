@@ -68,8 +68,11 @@ class SecondaryLoop:
     def _sync(self, control_id: ControlId, epoch: int, stats: Stats, verify: Verify | None = None) -> None:
         self._writer.control(control_id, self.generation, epoch)
         metrics.SYNC_POINTS.labels(control_id.name).inc()
-        self.sink(SyncPoint(self.domain, self.generation, epoch, control_id, Role.SECONDARY, now_ns(),
-                            stats, verify))
+        self.sink(
+            SyncPoint(
+                self.domain, self.generation, epoch, control_id, Role.SECONDARY, now_ns(), stats, verify
+            )
+        )
 
     def _digest(self) -> Verify:
         assert self._hashes is not None
@@ -78,8 +81,9 @@ class SecondaryLoop:
 
     def _send_verify(self, epoch: int) -> Verify:
         result = self._digest()
-        self._writer.verify(epoch, native.DomainHash(result.memory_hash, result.context_hash),
-                            self.dom.pages, self._hashes)
+        self._writer.verify(
+            epoch, native.DomainHash(result.memory_hash, result.context_hash), self.dom.pages, self._hashes
+        )
         return result
 
     def _expect(self, kind: EventKind) -> native.Event:
@@ -87,7 +91,9 @@ class SecondaryLoop:
         if event.kind != kind:
             raise ProtocolError(f"expected {kind.name}, got {event.kind.name} (epoch {event.epoch})")
         if event.generation not in (0, self.generation):
-            raise ProtocolError(f"record of generation {event.generation} on a generation {self.generation} stream")
+            raise ProtocolError(
+                f"record of generation {event.generation} on a generation {self.generation} stream"
+            )
         return event
 
     def _applied(self, event: native.Event, start_ns: int, pause_start: int) -> Stats:
@@ -95,8 +101,13 @@ class SecondaryLoop:
         self.dom.dirty_read_clear(self._dirty)
         metrics.PAGES_RECEIVED.inc(event.pages)
         metrics.BYTES_RECEIVED.inc(event.bytes)
-        return Stats(pages=event.pages, bytes=event.bytes, last_seq=event.last_seq,
-                     pause_ns=now_ns() - pause_start, duration_ns=now_ns() - start_ns)
+        return Stats(
+            pages=event.pages,
+            bytes=event.bytes,
+            last_seq=event.last_seq,
+            pause_ns=now_ns() - pause_start,
+            duration_ns=now_ns() - start_ns,
+        )
 
     # -- the protocol --------------------------------------------------------
 
@@ -123,9 +134,16 @@ class SecondaryLoop:
             metrics.FENCED.labels("record").inc()
         self.state.last_error = message
         level = logging.INFO if code == native.ErrorCode.EOF else logging.WARNING
-        log.log(level, "%s generation %d: %s%s", self.domain, self.generation, message,
-                " (staged checkpoint discarded; guest keeps its last whole checkpoint)"
-                if self.state.suspended else "")
+        log.log(
+            level,
+            "%s generation %d: %s%s",
+            self.domain,
+            self.generation,
+            message,
+            " (staged checkpoint discarded; guest keeps its last whole checkpoint)"
+            if self.state.suspended
+            else "",
+        )
 
     def _first_boot(self) -> None:
         start = now_ns()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import uuid
 
@@ -44,8 +43,9 @@ async def run(args: argparse.Namespace) -> int:
     hooks = TestHooks(send_only_a=args.test_send_only_a, cut_after_bytes=args.test_cut_checkpoint_after)
     if hooks != TestHooks():
         log.warning("TEST HOOKS ON: %s -- this agent breaks replication on purpose", hooks)
-    core = AgentCore(AgentConfig(args.host_id, data_address, verify=args.verify, hooks=hooks), listener,
-                     reporter.submit)
+    core = AgentCore(
+        AgentConfig(args.host_id, data_address, verify=args.verify, hooks=hooks), listener, reporter.submit
+    )
 
     server = serving.new_server()
     colo_pb2_grpc.add_AgentServicer_to_server(AgentServicer(core, incarnation), server)
@@ -55,16 +55,32 @@ async def run(args: argparse.Namespace) -> int:
     await server.start()
     await serving.set_serving(health_servicer, [SERVICE])
     registration = Registration(
-        stub, host_id=args.host_id, incarnation=incarnation, grpc_address=grpc_address,
-        data_address=data_address, service_host=args.service_host, labels=_labels(args.label),
+        stub,
+        host_id=args.host_id,
+        incarnation=incarnation,
+        grpc_address=grpc_address,
+        data_address=data_address,
+        service_host=args.service_host,
+        labels=_labels(args.label),
         statuses=lambda: [r.status() for r in core.replicas.values()],
     )
-    serving.write_ready_file(args.ready_file, {
-        "host_id": args.host_id, "grpc": grpc_address, "data": data_address, "metrics": metrics_address,
-        "incarnation": incarnation,
-    })
-    log.info("agent %s serving gRPC on %s, data on %s, metrics on %s", args.host_id, grpc_address,
-             data_address, metrics_address or "(off)")
+    serving.write_ready_file(
+        args.ready_file,
+        {
+            "host_id": args.host_id,
+            "grpc": grpc_address,
+            "data": data_address,
+            "metrics": metrics_address,
+            "incarnation": incarnation,
+        },
+    )
+    log.info(
+        "agent %s serving gRPC on %s, data on %s, metrics on %s",
+        args.host_id,
+        grpc_address,
+        data_address,
+        metrics_address or "(off)",
+    )
 
     await serving.stop_signals().wait()
     log.info("agent %s shutting down", args.host_id)
@@ -74,7 +90,7 @@ async def run(args: argparse.Namespace) -> int:
     await listener.close()
     await reporter.drain(1.0)
     await reporter.close()
-    await channel.close()
+    await channel.close(None)
     return 0
 
 
@@ -83,12 +99,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1:7100", help="gRPC address (Agent API)")
     parser.add_argument("--data-listen", default="127.0.0.1:7101", help="data port for primaries' streams")
     parser.add_argument("--coordinator", default="127.0.0.1:7000", help="the coordinator's gRPC address")
-    parser.add_argument("--metrics-listen", default="", help="host:port for Prometheus /metrics (off if empty)")
-    parser.add_argument("--service-host", default="127.0.0.1", help="address the COLO proxy serves clients on")
-    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                        help="failure-domain label for placement (repeatable)")
-    parser.add_argument("--verify", action="store_true",
-                        help="verify mode for every pair: hash both sides after each checkpoint (debug)")
+    parser.add_argument(
+        "--metrics-listen", default="", help="host:port for Prometheus /metrics (off if empty)"
+    )
+    parser.add_argument(
+        "--service-host", default="127.0.0.1", help="address the COLO proxy serves clients on"
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="failure-domain label for placement (repeatable)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="verify mode for every pair: hash both sides after each checkpoint (debug)",
+    )
     parser.add_argument("--ready-file", help="write the bound addresses here as JSON once serving")
     parser.add_argument("--test-send-only-a", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--test-cut-checkpoint-after", type=int, default=0, help=argparse.SUPPRESS)

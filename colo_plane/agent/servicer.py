@@ -29,7 +29,7 @@ async def _call(fn: Callable[[Req], Awaitable[Resp]], request: Req, context: Con
         raise  # unreachable: abort raises
 
 
-class AgentServicer(colo_pb2_grpc.AgentServicer):
+class AgentServicer(colo_pb2_grpc.AgentServicer):  # type: ignore[misc]  # generated base is untyped
     def __init__(self, core: AgentCore, incarnation: str) -> None:
         self.core = core
         self.incarnation = incarnation
@@ -64,5 +64,9 @@ class AgentServicer(colo_pb2_grpc.AgentServicer):
         self, request: colo_pb2.GetStatusRequest, context: Context
     ) -> colo_pb2.GetStatusResponse:
         domains = await _call(self.core.status, request, context)
-        return colo_pb2.GetStatusResponse(host_id=self.core.config.host_id, incarnation=self.incarnation,
-                                          version=__version__, domains=domains)
+        return colo_pb2.GetStatusResponse(
+            host_id=self.core.config.host_id,
+            incarnation=self.incarnation,
+            version=__version__,
+            domains=domains,
+        )

@@ -56,7 +56,9 @@ def _run_pair(send: Callable[[], None], recv: Callable[[], None]) -> float:
     return elapsed
 
 
-def _time_stream(primary: native.Domain, secondary: native.Domain, pages: native.Bitmap, rounds: int) -> float:
+def _time_stream(
+    primary: native.Domain, secondary: native.Domain, pages: native.Bitmap, rounds: int
+) -> float:
     tx, rx = tcp_pair()
     with tx, rx:
         writer = native.StreamWriter(tx)

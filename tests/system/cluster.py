@@ -47,7 +47,9 @@ class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
         with self.lock:
             return [p for p in self.sync_points if p.domain == domain]
 
-    def wait_for(self, domain: str, count: int, timeout: float = 10.0) -> list[colo_pb2.ReportSyncPointRequest]:
+    def wait_for(
+        self, domain: str, count: int, timeout: float = 10.0
+    ) -> list[colo_pb2.ReportSyncPointRequest]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             points = self.points(domain)
@@ -87,7 +89,9 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace")
 
     def status(self, domain: str, include_hash: bool = False) -> colo_pb2.DomainStatus:
-        reply = self.stub.GetStatus(colo_pb2.GetStatusRequest(domain=domain, include_hash=include_hash), timeout=10)
+        reply = self.stub.GetStatus(
+            colo_pb2.GetStatusRequest(domain=domain, include_hash=include_hash), timeout=10
+        )
         return reply.domains[0]
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -105,10 +109,27 @@ class AgentProcess:
 def start_agent(tmp: Path, host_id: str, coordinator: str, *extra: str) -> AgentProcess:
     ready = tmp / f"{host_id}.ready.json"
     log_path = tmp / f"{host_id}.log"
-    cmd = [*COLO, "agent", "--host-id", host_id, "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0",
-           "--metrics-listen", "127.0.0.1:0", "--coordinator", coordinator, "--ready-file", str(ready), *extra]
+    cmd = [
+        *COLO,
+        "agent",
+        "--host-id",
+        host_id,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--coordinator",
+        coordinator,
+        "--ready-file",
+        str(ready),
+        *extra,
+    ]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
     deadline = time.monotonic() + 30
     while not ready.exists():
         if proc.poll() is not None:
@@ -120,26 +141,60 @@ def start_agent(tmp: Path, host_id: str, coordinator: str, *extra: str) -> Agent
     return AgentProcess(host_id, proc, json.loads(ready.read_text()), log_path)
 
 
-def sim_spec(domain: str, *, pages: int = 4096, rate: int = 20_000, verify: bool = True,
-             seed: int = 42) -> colo_pb2.DomainSpec:
+def sim_spec(
+    domain: str, *, pages: int = 4096, rate: int = 20_000, verify: bool = True, seed: int = 42
+) -> colo_pb2.DomainSpec:
     return colo_pb2.DomainSpec(
-        domain=domain, verify=verify,
-        sim=colo_pb2.SimDomainSpec(pages=pages, dirty_rate=rate, seed=seed,
-                                   pattern=colo_pb2.SIM_PATTERN_UNIFORM),
+        domain=domain,
+        verify=verify,
+        sim=colo_pb2.SimDomainSpec(
+            pages=pages, dirty_rate=rate, seed=seed, pattern=colo_pb2.SIM_PATTERN_UNIFORM
+        ),
     )
 
 
-def protect(primary: AgentProcess, secondary: AgentProcess, spec: colo_pb2.DomainSpec, *, generation: int = 1,
-            epoch: int = 1, secret: bytes = b"s" * 32) -> colo_pb2.StartPrimaryResponse:
+def protect(
+    primary: AgentProcess,
+    secondary: AgentProcess,
+    spec: colo_pb2.DomainSpec,
+    *,
+    generation: int = 1,
+    epoch: int = 1,
+    secret: bytes = b"s" * 32,
+) -> colo_pb2.StartPrimaryResponse:
     """The coordinator's part of a first boot: PrepareSecondary, then StartPrimary."""
-    prepared = secondary.stub.PrepareSecondary(colo_pb2.PrepareSecondaryRequest(
-        domain=spec.domain, generation=generation, epoch=epoch, spec=spec, pair_secret=secret,
-        peer_host_id=primary.host_id, peer_data_address=primary.data), timeout=10)
-    return primary.stub.StartPrimary(colo_pb2.StartPrimaryRequest(
-        domain=spec.domain, generation=generation, epoch=epoch, spec=spec, pair_secret=secret,
-        peer_host_id=secondary.host_id, peer_data_address=prepared.data_address), timeout=60)
+    prepared = secondary.stub.PrepareSecondary(
+        colo_pb2.PrepareSecondaryRequest(
+            domain=spec.domain,
+            generation=generation,
+            epoch=epoch,
+            spec=spec,
+            pair_secret=secret,
+            peer_host_id=primary.host_id,
+            peer_data_address=primary.data,
+        ),
+        timeout=10,
+    )
+    return primary.stub.StartPrimary(
+        colo_pb2.StartPrimaryRequest(
+            domain=spec.domain,
+            generation=generation,
+            epoch=epoch,
+            spec=spec,
+            pair_secret=secret,
+            peer_host_id=secondary.host_id,
+            peer_data_address=prepared.data_address,
+        ),
+        timeout=60,
+    )
 
 
-def checkpoint(primary: AgentProcess, domain: str, generation: int, epoch: int) -> colo_pb2.AgentCheckpointResponse:
-    return primary.stub.Checkpoint(colo_pb2.AgentCheckpointRequest(
-        domain=domain, generation=generation, epoch=epoch, trigger=colo_pb2.CHECKPOINT_TRIGGER_MANUAL), timeout=30)
+def checkpoint(
+    primary: AgentProcess, domain: str, generation: int, epoch: int
+) -> colo_pb2.AgentCheckpointResponse:
+    return primary.stub.Checkpoint(
+        colo_pb2.AgentCheckpointRequest(
+            domain=domain, generation=generation, epoch=epoch, trigger=colo_pb2.CHECKPOINT_TRIGGER_MANUAL
+        ),
+        timeout=30,
+    )

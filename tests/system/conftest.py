@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cluster import AgentProcess, RecordingCoordinator, start_agent, start_recording_coordinator  # noqa: E402
+from cluster import AgentProcess, RecordingCoordinator, start_agent, start_recording_coordinator
 
 
 @pytest.fixture

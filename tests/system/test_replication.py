@@ -29,21 +29,20 @@ CHECKPOINT = [
 
 
 def metric(agent: AgentProcess, name: str, **labels: str) -> float:
-    """One sample from the agent's /metrics (0 when absent)."""
+    """The sum of a metric's samples on the agent's /metrics that carry labels (0 when absent)."""
     text = urllib.request.urlopen(f"http://{agent.info['metrics']}/metrics", timeout=5).read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     total = 0.0
     for line in text.splitlines():
-        if not line.startswith(name):
-            continue
         key, _, value = line.rpartition(" ")
-        if key == name or (key.startswith(name + "{") and all(f'{k}="{v}"' in key for k, v in labels.items())):
-            if want or key == name or "{" in key:
-                total += float(value)
+        base, _, rest = key.partition("{")
+        if base == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += float(value)
     return total
 
 
-def by_epoch(points: list[colo_pb2.ReportSyncPointRequest]) -> dict[int, list[colo_pb2.ReportSyncPointRequest]]:
+def by_epoch(
+    points: list[colo_pb2.ReportSyncPointRequest],
+) -> dict[int, list[colo_pb2.ReportSyncPointRequest]]:
     out: dict[int, list[colo_pb2.ReportSyncPointRequest]] = defaultdict(list)
     for p in points:
         out[p.epoch].append(p)
@@ -124,8 +123,11 @@ def test_torn_checkpoint_is_discarded_whole(
     with pytest.raises(grpc.RpcError) as err:
         checkpoint(a, "vm1", 1, 2)
     assert err.value.code() == grpc.StatusCode.ABORTED
-    suspended = [p for p in rec.wait_for("vm1", 4)
-                 if p.control_id == colo_pb2.CONTROL_ID_SECONDARY_SUSPENDED and p.epoch == 2]
+    suspended = [
+        p
+        for p in rec.wait_for("vm1", 4)
+        if p.control_id == colo_pb2.CONTROL_ID_SECONDARY_SUSPENDED and p.epoch == 2
+    ]
     assert len(suspended) == 1 and suspended[0].verify.memory_hash
     deadline = time.monotonic() + 10
     while not b.status("vm1").last_error and time.monotonic() < deadline:
@@ -135,8 +137,9 @@ def test_torn_checkpoint_is_discarded_whole(
     assert after.memory_hash == suspended[0].verify.memory_hash
     assert after.context_hash == suspended[0].verify.context_hash
     assert "truncated" in after.last_error or "closed" in after.last_error
-    assert not any(p.control_id == colo_pb2.CONTROL_ID_SECONDARY_RESUMED and p.epoch == 2
-                   for p in rec.points("vm1"))
+    assert not any(
+        p.control_id == colo_pb2.CONTROL_ID_SECONDARY_RESUMED and p.epoch == 2 for p in rec.points("vm1")
+    )
 
 
 def _stranger(address: str, payload: bytes) -> bytes:
@@ -193,9 +196,18 @@ def test_strangers_on_the_data_port_are_refused(agents: StartAgent) -> None:
     before = b.status("vm1", include_hash=True)
     # A wrong secret for a pair that exists (the secondary expects no second
     # primary: it answers nothing useful and closes).
-    b.stub.PrepareSecondary(colo_pb2.PrepareSecondaryRequest(
-        domain="vm2", generation=1, epoch=1, spec=sim_spec("vm2", pages=64, rate=0), pair_secret=b"r" * 32,
-        peer_host_id="host-a", peer_data_address=a.data), timeout=10)
+    b.stub.PrepareSecondary(
+        colo_pb2.PrepareSecondaryRequest(
+            domain="vm2",
+            generation=1,
+            epoch=1,
+            spec=sim_spec("vm2", pages=64, rate=0),
+            pair_secret=b"r" * 32,
+            peer_host_id="host-a",
+            peer_data_address=a.data,
+        ),
+        timeout=10,
+    )
     assert asyncio.run(_wrong_secret(b.data, "vm2", 1)) == "bad_proof"  # the primary side's check
     assert _forged_proof(b.data, "vm2", 1) == b""  # the secondary's check: closed, no ACCEPT
     assert _stranger(b.data, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b""
@@ -208,7 +220,10 @@ def test_strangers_on_the_data_port_are_refused(agents: StartAgent) -> None:
     assert "refused data connection" in log and "does not know the pair secret" in log
     after = b.status("vm1", include_hash=True)
     assert (after.memory_hash, after.context_hash, after.epoch) == (
-        before.memory_hash, before.context_hash, before.epoch)
+        before.memory_hash,
+        before.context_hash,
+        before.epoch,
+    )
     assert checkpoint(a, "vm1", 2, 2).verify.outcome == colo_pb2.VERIFY_OUTCOME_MATCH
 
 
@@ -230,31 +245,85 @@ def test_stale_generation_is_refused_and_changes_nothing(
     after_a, after_b = a.status("vm1", include_hash=True), b.status("vm1", include_hash=True)
     for before, after in ((before_a, after_a), (before_b, after_b)):
         assert (after.memory_hash, after.context_hash, after.epoch, after.checkpoints, after.paused) == (
-            before.memory_hash, before.context_hash, before.epoch, before.checkpoints, before.paused)
+            before.memory_hash,
+            before.context_hash,
+            before.epoch,
+            before.checkpoints,
+            before.paused,
+        )
     assert metric(a, "colo_fenced_total", what="command") == 1
-    assert metric(a, "grpc_server_handled_total", grpc_method="Checkpoint", grpc_code="FAILED_PRECONDITION") == 1
+    assert (
+        metric(a, "grpc_server_handled_total", grpc_method="Checkpoint", grpc_code="FAILED_PRECONDITION") == 1
+    )
     assert checkpoint(a, "vm1", 5, 3).verify.outcome == colo_pb2.VERIFY_OUTCOME_MATCH
 
 
 def test_bad_arguments_get_clear_errors(agents: StartAgent) -> None:
     a = agents("host-a")
     cases = [
-        (lambda: a.stub.Checkpoint(colo_pb2.AgentCheckpointRequest(domain="nope", generation=1, epoch=2),
-                                   timeout=5), grpc.StatusCode.NOT_FOUND, "holds no domain"),
-        (lambda: a.stub.Checkpoint(colo_pb2.AgentCheckpointRequest(domain="bad name!", generation=1, epoch=2),
-                                   timeout=5), grpc.StatusCode.INVALID_ARGUMENT, "not a valid name"),
-        (lambda: a.stub.PrepareSecondary(colo_pb2.PrepareSecondaryRequest(
-            domain="vm1", generation=1, epoch=1, spec=sim_spec("vm1"), pair_secret=b"short"), timeout=5),
-         grpc.StatusCode.INVALID_ARGUMENT, "pair_secret"),
-        (lambda: a.stub.PrepareSecondary(colo_pb2.PrepareSecondaryRequest(
-            domain="vm1", generation=0, epoch=1, spec=sim_spec("vm1"), pair_secret=b"s" * 32), timeout=5),
-         grpc.StatusCode.INVALID_ARGUMENT, "generation"),
-        (lambda: a.stub.PrepareSecondary(colo_pb2.PrepareSecondaryRequest(
-            domain="vm1", generation=1, epoch=1, spec=colo_pb2.DomainSpec(domain="vm1"),
-            pair_secret=b"s" * 32), timeout=5), grpc.StatusCode.INVALID_ARGUMENT, "backend"),
-        (lambda: a.stub.StartPrimary(colo_pb2.StartPrimaryRequest(
-            domain="vm1", generation=1, epoch=1, spec=sim_spec("vm1", pages=64), pair_secret=b"s" * 32,
-            peer_data_address="127.0.0.1:1"), timeout=10), grpc.StatusCode.UNAVAILABLE, "cannot reach"),
+        (
+            lambda: a.stub.Checkpoint(
+                colo_pb2.AgentCheckpointRequest(domain="nope", generation=1, epoch=2), timeout=5
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "holds no domain",
+        ),
+        (
+            lambda: a.stub.Checkpoint(
+                colo_pb2.AgentCheckpointRequest(domain="bad name!", generation=1, epoch=2), timeout=5
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not a valid name",
+        ),
+        (
+            lambda: a.stub.PrepareSecondary(
+                colo_pb2.PrepareSecondaryRequest(
+                    domain="vm1", generation=1, epoch=1, spec=sim_spec("vm1"), pair_secret=b"short"
+                ),
+                timeout=5,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "pair_secret",
+        ),
+        (
+            lambda: a.stub.PrepareSecondary(
+                colo_pb2.PrepareSecondaryRequest(
+                    domain="vm1", generation=0, epoch=1, spec=sim_spec("vm1"), pair_secret=b"s" * 32
+                ),
+                timeout=5,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "generation",
+        ),
+        (
+            lambda: a.stub.PrepareSecondary(
+                colo_pb2.PrepareSecondaryRequest(
+                    domain="vm1",
+                    generation=1,
+                    epoch=1,
+                    spec=colo_pb2.DomainSpec(domain="vm1"),
+                    pair_secret=b"s" * 32,
+                ),
+                timeout=5,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "backend",
+        ),
+        (
+            lambda: a.stub.StartPrimary(
+                colo_pb2.StartPrimaryRequest(
+                    domain="vm1",
+                    generation=1,
+                    epoch=1,
+                    spec=sim_spec("vm1", pages=64),
+                    pair_secret=b"s" * 32,
+                    peer_data_address="127.0.0.1:1",
+                ),
+                timeout=10,
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+            "cannot reach",
+        ),
     ]
     for call, code, text in cases:
         with pytest.raises(grpc.RpcError) as err:
@@ -266,7 +335,8 @@ def test_bad_arguments_get_clear_errors(agents: StartAgent) -> None:
 def test_health_and_graceful_exit(agents: StartAgent) -> None:
     a = agents("host-a")
     reply = health_pb2_grpc.HealthStub(a.channel).Check(
-        health_pb2.HealthCheckRequest(service="colo.v1.Agent"), timeout=5)
+        health_pb2.HealthCheckRequest(service="colo.v1.Agent"), timeout=5
+    )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert a.stop() == 0
     assert "shutting down" in a.log()
