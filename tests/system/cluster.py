@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,9 @@ class AgentProcess:
                 self.proc.kill()
                 return self.proc.wait()
         return self.proc.returncode
+
+
+StartAgent = Callable[..., "AgentProcess"]
 
 
 def start_agent(tmp: Path, host_id: str, coordinator: str, *extra: str) -> AgentProcess:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cluster import AgentProcess, RecordingCoordinator, start_agent, start_recording_coordinator
+from cluster import AgentProcess, RecordingCoordinator, StartAgent, start_agent, start_recording_coordinator
 
 
 @pytest.fixture
@@ -18,9 +18,6 @@ def recorder() -> Iterator[tuple[RecordingCoordinator, str]]:
     server, rec, address = start_recording_coordinator()
     yield rec, address
     server.stop(grace=None)
-
-
-StartAgent = Callable[..., AgentProcess]
 
 
 @pytest.fixture

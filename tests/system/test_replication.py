@@ -11,8 +11,7 @@ from collections import defaultdict
 
 import grpc
 import pytest
-from cluster import AgentProcess, RecordingCoordinator, checkpoint, protect, sim_spec
-from conftest import StartAgent
+from cluster import AgentProcess, RecordingCoordinator, StartAgent, checkpoint, protect, sim_spec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from colo_plane._proto import colo_pb2

@@ -7,7 +7,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from conftest import Sender
+from netkit import Sender
 
 from colo_plane.native import Bitmap, Direction, Domain, EventKind, StreamReader, StreamWriter
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import streambytes as sb
-from conftest import Sender
+from netkit import Sender
 
 from colo_plane.native import (
     PAGE_SIZE,
@@ -357,7 +357,7 @@ def test_timeout_inside_record_on_blocking_socket(domains: MakeDomain) -> None:
 
     The peer sends half a VERIFY and stalls; the reader must give up after about 0.2 s.  The
     kernel guard of 1 s only keeps a failing run from hanging."""
-    from conftest import guard
+    from netkit import guard
 
     a, b = socket.socketpair()
     with a, b:
@@ -374,7 +374,7 @@ def test_timeout_inside_record_on_blocking_socket(domains: MakeDomain) -> None:
 
 def test_writer_timeout_on_blocking_socket(domains: MakeDomain) -> None:
     """A writer whose peer does not read gives up after its timeout, also on a blocking fd."""
-    from conftest import guard
+    from netkit import guard
 
     a, b = socket.socketpair()
     with a, b:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import streambytes as sb
-from conftest import Sender
+from netkit import Sender
 
 from colo_plane.native import (
     PAGE_SIZE,
