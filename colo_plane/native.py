@@ -55,6 +55,7 @@ class ErrorCode(enum.IntEnum):
     PERMISSION = 26
     UNSUPPORTED = 27
     SERVICE = 28
+    PAUSED = 29
 
 
 class RecordType(enum.IntEnum):
@@ -156,7 +157,7 @@ class BackendError(NativeError):
 
 _STREAM_CODES = frozenset(range(ErrorCode.BAD_MAGIC, ErrorCode.PROTOCOL + 1))
 _CLOSED_CODES = frozenset({ErrorCode.IO, ErrorCode.EOF, ErrorCode.TRUNCATED})
-_BACKEND_CODES = frozenset(range(ErrorCode.NOT_PAUSED, ErrorCode.SERVICE + 1))
+_BACKEND_CODES = frozenset(range(ErrorCode.NOT_PAUSED, ErrorCode.PAUSED + 1))
 
 
 def _raise(code: int) -> None:
@@ -330,6 +331,7 @@ class Domain:
         hot_pages: int = 0,
         hot_percent: int = 0,
         service_pages: int = 0,
+        divergence: float = 0.0,
     ) -> Domain:
         cfg = ffi.new("struct colo_sim_config *")
         cfg.pages = _u64("pages", pages)
@@ -341,6 +343,9 @@ class Domain:
             raise ValueError(f"hot_percent must be 0..100, got {hot_percent}")
         cfg.hot_percent = hot_percent
         cfg.service_pages = _u64("service_pages", service_pages)
+        if not 0.0 <= divergence <= 1.0:
+            raise ValueError(f"divergence must be a probability in 0..1, got {divergence}")
+        cfg.divergence_ppm = round(divergence * 1_000_000)
         out = ffi.new("colo_domain **")
         _check(lib.colo_sim_open(cfg, out))
         return cls(out[0])
@@ -393,6 +398,20 @@ class Domain:
     def sim_writes(self) -> int:
         """Page writes the sim vCPU has made (0 on other backends)."""
         return int(lib.colo_sim_writes(self._p()))
+
+    def serve(self, seq: int, request: bytes, reply_buf: ReplyBuffer | None = None) -> bytes:
+        """Sim: one request line to the guest's key-value service, its reply
+        line back.  Raises BackendError(PAUSED) while the guest is paused."""
+        buf = reply_buf or ReplyBuffer()
+        n = ffi.new("uint64_t *")
+        _check(lib.colo_sim_service(self._p(), _u64("seq", seq), request, len(request), buf._buf, buf.size, n))
+        return bytes(ffi.buffer(buf._buf, int(n[0])))
+
+    def service_seq(self) -> int:
+        """Sim: the highest request sequence number the guest has processed."""
+        seq = ffi.new("uint64_t *")
+        _check(lib.colo_sim_service_seq(self._p(), seq))
+        return int(seq[0])
 
     def sim_dirty(self, pages: Bitmap) -> None:
         """Sim only: the guest writes each page of pages once, now."""
@@ -455,6 +474,16 @@ class Domain:
         mem, ctx = ffi.new("uint64_t *"), ffi.new("uint64_t *")
         _check(lib.colo_domain_hash(self._p(), mem, ctx, hashes._buf))
         return DomainHash(int(mem[0]), int(ctx[0])), hashes
+
+
+class ReplyBuffer:
+    """Room for one guest service reply (reuse it on a hot path)."""
+
+    __slots__ = ("_buf", "size")
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._buf = ffi.new("uint8_t[]", size)
 
 
 class PageHashes:

@@ -51,7 +51,8 @@ enum colo_error {
     COLO_E_NOT_FOUND = 25,       /* no such domain */
     COLO_E_PERMISSION = 26,      /* not privileged enough */
     COLO_E_UNSUPPORTED = 27,     /* hypervisor lacks a needed feature */
-    COLO_E_SERVICE = 28          /* guest service rejected a request */
+    COLO_E_SERVICE = 28,         /* guest service rejected a request */
+    COLO_E_PAUSED = 29           /* the guest is paused and cannot serve */
 };
 
 /* Stream record types (docs/stream.md).  Xen's numbers where Xen has the
@@ -128,6 +129,8 @@ struct colo_sim_config {
     uint32_t hot_percent;    /* HOTSET: share of writes in the hot set */
     uint64_t hot_pages;      /* HOTSET: size of the hot set */
     uint64_t service_pages;  /* first pages, kept for the guest service */
+    uint32_t divergence_ppm; /* guest service: replies carrying a nondeterministic field, per million */
+    uint32_t reserved;
 };
 
 int colo_sim_open(const struct colo_sim_config *cfg, colo_domain **out);
@@ -177,10 +180,15 @@ int colo_sim_dirty(colo_domain *dom, const colo_bitmap *pages);
 /* Counters of the sim vCPU (0 on other backends). */
 uint64_t colo_sim_writes(const colo_domain *dom);
 
-/* Guest key-value service (sim): one request in, one reply out, state kept
- * in the service pages.  The domain must be running. */
-int colo_sim_service(colo_domain *dom, const uint8_t *req, uint64_t req_len,
+/* Guest key-value service (sim, service.c): one request line in, one reply
+ * line out, state kept in the service pages (so checkpoints carry it).
+ * seq is the proxy's request sequence number; the guest remembers the
+ * highest it processed.  Requests: "SET key value", "GET key", "DEL key",
+ * "COUNT", "PING".  A running domain only: COLO_E_PAUSED otherwise. */
+int colo_sim_service(colo_domain *dom, uint64_t seq, const uint8_t *req, uint64_t req_len,
                      uint8_t *reply, uint64_t cap, uint64_t *reply_len);
+/* The highest request sequence number the guest has processed. */
+int colo_sim_service_seq(colo_domain *dom, uint64_t *seq);
 
 /* ---- the stream (stream.c) ---------------------------------------------- */
 

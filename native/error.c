@@ -42,6 +42,7 @@ static const char *const texts[] = {
     [COLO_E_PERMISSION] = "permission denied",
     [COLO_E_UNSUPPORTED] = "not supported by this hypervisor",
     [COLO_E_SERVICE] = "guest service error",
+    [COLO_E_PAUSED] = "the guest is paused",
 };
 
 const char *colo_version(void) { return COLO_VERSION; }

@@ -112,6 +112,18 @@ int colo_stage_context(colo_domain *dom, const uint8_t *buf, uint64_t len);
 /* Applies everything staged in one step (domain must be paused). */
 int colo_stage_commit(colo_domain *dom, uint64_t *pages_applied);
 
+/* ---- sim guest, for the guest service (sim.c, used by service.c) ------- */
+
+/* Takes the vCPU lock of a sim domain (COLO_E_UNSUPPORTED if not sim; with
+ * need_running, COLO_E_PAUSED if paused); the calls below need it held. */
+int colo_sim_enter(colo_domain *dom, int need_running);
+void colo_sim_leave(colo_domain *dom);
+uint8_t *colo_sim_page(colo_domain *dom, uint64_t pfn);
+void colo_sim_touch(colo_domain *dom, uint64_t pfn);          /* mark dirty */
+uint64_t colo_sim_random(colo_domain *dom);                  /* the host's stream */
+uint64_t colo_sim_service_pages(const colo_domain *dom);
+uint32_t colo_sim_divergence_ppm(const colo_domain *dom);
+
 /* ---- socket I/O (io.c) -------------------------------------------------- */
 
 /* Write every byte of iov (any count, partial writes resumed). */

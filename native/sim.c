@@ -300,6 +300,8 @@ static int check_config(const struct colo_sim_config *c)
     if (c->hot_percent > 100 || c->hot_pages > c->pages)
         return colo_fail(COLO_E_INVAL, "hot set of %llu pages at %u%% does not fit",
                          (unsigned long long)c->hot_pages, c->hot_percent);
+    if (c->divergence_ppm > 1000000)
+        return colo_fail(COLO_E_INVAL, "divergence %u ppm past 1000000", c->divergence_ppm);
     if (c->service_pages >= c->pages)
         return colo_fail(COLO_E_INVAL, "service pages %llu leave no guest memory of %llu",
                          (unsigned long long)c->service_pages, (unsigned long long)c->pages);
@@ -402,14 +404,33 @@ uint64_t colo_sim_writes(const colo_domain *dom)
     return s->writes;
 }
 
-int colo_sim_service(colo_domain *dom, const uint8_t *req, uint64_t req_len,
-                     uint8_t *reply, uint64_t cap, uint64_t *reply_len)
+/* ---- what the guest service (service.c) reaches -------------------------- */
+
+static int is_sim(const colo_domain *dom) { return dom->ops->close == sim_ops.close; }
+
+int colo_sim_enter(colo_domain *dom, int need_running)
 {
-    COLO_UNUSED(dom);
-    COLO_UNUSED(req);
-    COLO_UNUSED(req_len);
-    COLO_UNUSED(reply);
-    COLO_UNUSED(cap);
-    *reply_len = 0;
-    return colo_fail(COLO_E_UNSUPPORTED, "the guest key-value service is not built yet");
+    struct sim *s;
+    if (!is_sim(dom))
+        return colo_fail(COLO_E_UNSUPPORTED, "the guest service runs in sim domains only");
+    s = dom->priv;
+    pthread_mutex_lock(&s->mu);
+    if (need_running && !s->running) {
+        pthread_mutex_unlock(&s->mu);
+        return colo_fail(COLO_E_PAUSED, "the guest is paused");
+    }
+    return COLO_OK;
+}
+
+void colo_sim_leave(colo_domain *dom) { pthread_mutex_unlock(&sim_of(dom)->mu); }
+uint8_t *colo_sim_page(colo_domain *dom, uint64_t pfn) { return sim_of(dom)->page[pfn]; }
+uint64_t colo_sim_random(colo_domain *dom) { return next_random(&sim_of(dom)->rng); }
+uint64_t colo_sim_service_pages(const colo_domain *dom) { return ((struct sim *)dom->priv)->cfg.service_pages; }
+uint32_t colo_sim_divergence_ppm(const colo_domain *dom) { return ((struct sim *)dom->priv)->cfg.divergence_ppm; }
+
+void colo_sim_touch(colo_domain *dom, uint64_t pfn)
+{
+    struct sim *s = sim_of(dom);
+    if (s->logdirty)
+        s->dirty->words[pfn / 64] |= (uint64_t)1 << (pfn % 64);
 }
