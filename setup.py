@@ -21,9 +21,13 @@ def generate_proto(root: Path) -> None:
     """
     (root / PROTO_OUT).mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
         f"-I{PROTO_OUT}=proto",
-        f"--python_out={root}", f"--pyi_out={root}", f"--grpc_python_out={root}",
+        f"--python_out={root}",
+        f"--pyi_out={root}",
+        f"--grpc_python_out={root}",
         f"{PROTO_OUT}/colo.proto",
     ]
     subprocess.run(cmd, check=True, cwd=ROOT)
