@@ -43,6 +43,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     return asyncio.run(server.run(args))
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from colo_plane import demo
+
+    return demo.run(args)
+
+
 def _add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -71,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     agent_arguments(agent)
     _add_logging(agent)
     agent.set_defaults(func=_cmd_agent)
+
+    demo = sub.add_parser("demo", help="a local cluster protecting a domain, with a live view and a failover")
+    from colo_plane.demo import add_arguments as demo_arguments
+
+    demo_arguments(demo)
+    demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -404,7 +404,8 @@ class Domain:
         line back.  Raises BackendError(PAUSED) while the guest is paused."""
         buf = reply_buf or ReplyBuffer()
         n = ffi.new("uint64_t *")
-        _check(lib.colo_sim_service(self._p(), _u64("seq", seq), request, len(request), buf._buf, buf.size, n))
+        dom, seq = self._p(), _u64("seq", seq)
+        _check(lib.colo_sim_service(dom, seq, request, len(request), buf._buf, buf.size, n))
         return bytes(ffi.buffer(buf._buf, int(n[0])))
 
     def service_seq(self) -> int:

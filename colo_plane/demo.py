@@ -1,0 +1,197 @@
+"""`colo demo`: a coordinator and three agents on loopback (sim backend)
+protect a domain whose guest dirties memory, with a live view; part way the
+primary's host is killed, and the view shows the failover and the automatic
+re-protection on the third host."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from colo_plane import promtext
+from colo_plane._proto import colo_pb2, colo_pb2_grpc
+from colo_plane.localcluster import LocalCluster, Process
+from colo_plane.rpc import duration
+
+HOSTS = (("host-a", "zone-a"), ("host-b", "zone-b"), ("host-c", "zone-c"))
+DOMAIN = "web-1"
+
+
+@dataclass
+class Timeline:
+    lines: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    t0: float = field(default_factory=time.monotonic)
+
+    def add(self, text: str) -> None:
+        with self.lock:
+            self.lines.append(f"{time.monotonic() - self.t0:6.2f}s  {text}")
+
+    def tail(self, n: int) -> list[str]:
+        with self.lock:
+            return self.lines[-n:]
+
+
+def _state(value: int) -> str:
+    return colo_pb2.PairState.Name(value).removeprefix("PAIR_STATE_")
+
+
+def _watch(stub: colo_pb2_grpc.CoordinatorStub, timeline: Timeline, stop: threading.Event) -> None:
+    """Follows WatchEvents, keeping the events a person wants to see."""
+    interesting = {
+        colo_pb2.EVENT_KIND_STATE_CHANGED,
+        colo_pb2.EVENT_KIND_SECONDARY_PLACED,
+        colo_pb2.EVENT_KIND_FAILOVER_STARTED,
+        colo_pb2.EVENT_KIND_FAILOVER_COMPLETED,
+        colo_pb2.EVENT_KIND_AGENT_LOST,
+        colo_pb2.EVENT_KIND_VERIFY_FAILED,
+        colo_pb2.EVENT_KIND_PAIR_ERROR,
+    }
+    with contextlib.suppress(grpc.RpcError):
+        for reply in stub.WatchEvents(colo_pb2.WatchEventsRequest()):
+            if stop.is_set():
+                return
+            ev = reply.event
+            if ev.kind not in interesting:
+                continue
+            kind = colo_pb2.EventKind.Name(ev.kind).removeprefix("EVENT_KIND_").lower()
+            what = (
+                f"{_state(ev.from_state)} -> {_state(ev.to_state)}"
+                if ev.kind == colo_pb2.EVENT_KIND_STATE_CHANGED
+                else (ev.message or ev.host_id)
+            )
+            timeline.add(f"{kind:<20} gen {ev.generation:<3} {what}")
+
+
+def _figures(agents: dict[str, Process]) -> dict[str, float]:
+    texts = []
+    for agent in agents.values():
+        if agent.alive():
+            with contextlib.suppress(OSError):
+                texts.append(promtext.scrape(agent.info["metrics"]))
+    return {
+        "p50": promtext.quantile(texts, "colo_checkpoint_pause_seconds", 0.5, role="primary") * 1e3,
+        "p99": promtext.quantile(texts, "colo_checkpoint_pause_seconds", 0.99, role="primary") * 1e3,
+        "mb": promtext.total(texts, "colo_stream_sent_bytes_total") / 1e6,
+        "verify_failed": promtext.total(texts, "colo_verify_failures_total"),
+        "verified": promtext.total(texts, "colo_verify_checks_total"),
+    }
+
+
+def _render(pair: colo_pb2.Pair, fig: dict[str, float], timeline: Timeline, elapsed: float, note: str) -> str:
+    counts = pair.checkpoint_counts
+
+    def ms(v: float) -> str:
+        return "-" if math.isnan(v) else f"<= {v:.1f} ms"
+
+    rows = [
+        f"colo-plane demo  t={elapsed:5.1f}s  {note}",
+        "",
+        f"  pair        {pair.domain}   state {_state(pair.state):<14} generation {pair.generation}  "
+        f"epoch {pair.epoch}",
+        f"  primary     {pair.primary_host or '-':<10} secondary {pair.secondary_host or '-':<10}",
+        f"  checkpoints timer {counts.timer}  request {counts.request}  manual {counts.manual}  "
+        f"first boot {counts.first_boot}  failed {counts.failed}",
+        f"  pause       p50 {ms(fig['p50'])}   p99 {ms(fig['p99'])}   (primary suspended -> resumed)",
+        f"  sent        {fig['mb']:.1f} MB   verified {int(fig['verified'])}   verify failures "
+        f"{int(fig['verify_failed'])}",
+        "",
+        "  events:",
+        *(f"    {line}" for line in timeline.tail(10)),
+    ]
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="colo-demo-"))
+    cluster = LocalCluster(workdir)
+    stop = threading.Event()
+    tty = sys.stdout.isatty()
+    try:
+        coordinator = cluster.start_coordinator()
+        agents = {h: cluster.start_agent(h, coordinator.grpc, "--label", f"zone={z}") for h, z in HOSTS}
+        channel = grpc.insecure_channel(coordinator.grpc)
+        stub = colo_pb2_grpc.CoordinatorStub(channel)
+        deadline = time.monotonic() + 15
+        while len(stub.ListAgents(colo_pb2.ListAgentsRequest(alive_only=True), timeout=5).agents) < len(
+            HOSTS
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("agents did not register with the coordinator")
+            time.sleep(0.1)
+        timeline = Timeline()
+        threading.Thread(target=_watch, args=(stub, timeline, stop), daemon=True).start()
+        spec = colo_pb2.DomainSpec(
+            domain=DOMAIN,
+            verify=True,
+            checkpoint_interval=duration(args.interval),
+            sim=colo_pb2.SimDomainSpec(
+                pages=args.pages,
+                dirty_rate=args.dirty_rate,
+                seed=7,
+                pattern=colo_pb2.SIM_PATTERN_HOT_SET,
+                hot_pages=args.pages // 8,
+                hot_percent=80,
+            ),
+        )
+        stub.ProtectDomain(
+            colo_pb2.ProtectDomainRequest(spec=spec, primary_host="host-a", wait=True), timeout=60
+        )
+        timeline.add("protected: first boot done")
+        start, killed_at, promoted_at, reprotected_at = time.monotonic(), 0.0, 0.0, 0.0
+        victim = ""
+        while (elapsed := time.monotonic() - start) < args.seconds:
+            pair = stub.GetPair(colo_pb2.GetPairRequest(domain=DOMAIN), timeout=5).pair
+            if not killed_at and elapsed >= args.kill_after:
+                victim = pair.primary_host
+                agents[victim].kill()
+                killed_at = time.monotonic()
+                timeline.add(f"kill -9 {victim} (the primary)")
+            elif killed_at and not promoted_at and pair.primary_host != victim:
+                promoted_at = time.monotonic()
+            elif promoted_at and not reprotected_at and pair.state == colo_pb2.PAIR_STATE_PROTECTED:
+                reprotected_at = time.monotonic()
+            note = "" if not killed_at else f"(killed {victim} at t={killed_at - start:.1f}s)"
+            view = _render(pair, _figures(agents), timeline, elapsed, note)
+            print(("\x1b[H\x1b[2J" + view) if tty else view + "\n", flush=True)
+            time.sleep(0.5 if tty else 2.0)
+        pair = stub.GetPair(colo_pb2.GetPairRequest(domain=DOMAIN), timeout=5).pair
+        fig = _figures(agents)
+        print("\nsummary")
+        print(
+            f"  pair {DOMAIN}: {_state(pair.state)} on {pair.primary_host} -> {pair.secondary_host}, "
+            f"generation {pair.generation}, epoch {pair.epoch}"
+        )
+        if promoted_at:
+            print(f"  failover: secondary promoted {promoted_at - killed_at:.2f} s after kill -9 of {victim}")
+        if reprotected_at:
+            print(f"  re-protected {reprotected_at - killed_at:.2f} s after the kill")
+        print(f"  checkpoints verified {int(fig['verified'])}, verify failures {int(fig['verify_failed'])}")
+        ok = bool(promoted_at and reprotected_at and fig["verify_failed"] == 0)
+        print("  result: " + ("OK" if ok else "NOT OK (see the logs in " + str(workdir) + ")"))
+        channel.close()
+        return 0 if ok else 1
+    finally:
+        stop.set()
+        cluster.stop_all()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=40.0, help="how long the live view runs")
+    parser.add_argument("--kill-after", type=float, default=12.0, help="when to kill -9 the primary's agent")
+    parser.add_argument("--pages", type=int, default=16384, help="guest memory in pages (default 64 MiB)")
+    parser.add_argument("--dirty-rate", type=int, default=20_000, help="pages the guest dirties per second")
+    parser.add_argument("--interval", type=float, default=0.5, help="checkpoint interval in seconds")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
