@@ -78,6 +78,12 @@ VERIFY_FAILURES = Counter(
 )
 VERIFY_CHECKS = Counter("colo_verify_checks_total", "Checkpoints verified (verify mode)")
 FENCED = Counter("colo_fenced_total", "Commands or records refused for an older generation", ["what"])
+PROXY_REQUESTS = Counter("colo_proxy_requests_total", "Client requests through the COLO proxy (primary)")
+DIVERGENCES = Counter(
+    "colo_divergences_total",
+    "Replies of primary and secondary that differed, or the secondary's missing",
+    ["kind"],
+)
 DOMAINS_HELD = Gauge("colo_agent_domains", "Domains this agent holds", ["role"])
 
 # ---- gRPC servers (both daemons; names as go-grpc-prometheus) -------------------
@@ -97,4 +103,36 @@ GRPC_HANDLING = Histogram(
     "Time to handle an RPC, until its status is sent",
     ["grpc_type", "grpc_service", "grpc_method"],
     buckets=MS_BUCKETS,
+)
+
+# ---- coordinator ----------------------------------------------------------------
+
+# 50 us .. 10 s: control-path latencies (request -> issued is sub-millisecond).
+CONTROL_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)
+PAIRS = Gauge("colo_pairs", "Pairs the coordinator manages, by state", ["state"])
+COORD_CHECKPOINTS = Counter(
+    "colo_checkpoints_total", "Checkpoints completed (SECONDARY_RESUMED), by trigger", ["trigger"]
+)
+COORD_CHECKPOINTS_FAILED = Counter(
+    "colo_checkpoints_failed_total", "Checkpoints that failed or missed their deadline, by trigger", ["trigger"]
+)
+CHECKPOINT_REQUESTS = Counter(
+    "colo_checkpoint_requests_total", "Checkpoint requests received (RequestCheckpoint, Checkpoint)",
+    ["trigger", "coalesced"],
+)
+FAILOVERS = Counter("colo_failovers_total", "Failovers and role losses, by cause", ["cause"])
+AGENTS_ALIVE = Gauge("colo_agents_alive", "Agents whose heartbeats arrive in time")
+AGENTS_KNOWN = Gauge("colo_agents", "Agents the coordinator knows, alive or not")
+REQUEST_TO_ISSUE = Histogram(
+    "colo_checkpoint_request_to_issue_seconds",
+    "Control path: checkpoint wanted (request, on-demand call, timer) to Agent.Checkpoint sent",
+    ["trigger"], buckets=CONTROL_BUCKETS,
+)
+ISSUE_TO_RESUMED = Histogram(
+    "colo_checkpoint_issue_to_resumed_seconds",
+    "Control path: Agent.Checkpoint sent to its SECONDARY_RESUMED (the call's answer)",
+    buckets=CONTROL_BUCKETS,
 )

@@ -56,6 +56,7 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED = 27
     SERVICE = 28
     PAUSED = 29
+    DUPLICATE = 30
 
 
 class RecordType(enum.IntEnum):
@@ -157,7 +158,7 @@ class BackendError(NativeError):
 
 _STREAM_CODES = frozenset(range(ErrorCode.BAD_MAGIC, ErrorCode.PROTOCOL + 1))
 _CLOSED_CODES = frozenset({ErrorCode.IO, ErrorCode.EOF, ErrorCode.TRUNCATED})
-_BACKEND_CODES = frozenset(range(ErrorCode.NOT_PAUSED, ErrorCode.PAUSED + 1))
+_BACKEND_CODES = frozenset(range(ErrorCode.NOT_PAUSED, ErrorCode.DUPLICATE + 1))
 
 
 def _raise(code: int) -> None:

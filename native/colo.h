@@ -52,7 +52,8 @@ enum colo_error {
     COLO_E_PERMISSION = 26,      /* not privileged enough */
     COLO_E_UNSUPPORTED = 27,     /* hypervisor lacks a needed feature */
     COLO_E_SERVICE = 28,         /* guest service rejected a request */
-    COLO_E_PAUSED = 29           /* the guest is paused and cannot serve */
+    COLO_E_PAUSED = 29,          /* the guest is paused and cannot serve */
+    COLO_E_DUPLICATE = 30        /* the guest already processed this request */
 };
 
 /* Stream record types (docs/stream.md).  Xen's numbers where Xen has the
@@ -184,7 +185,9 @@ uint64_t colo_sim_writes(const colo_domain *dom);
  * line out, state kept in the service pages (so checkpoints carry it).
  * seq is the proxy's request sequence number; the guest remembers the
  * highest it processed.  Requests: "SET key value", "GET key", "DEL key",
- * "COUNT", "PING".  A running domain only: COLO_E_PAUSED otherwise. */
+ * "COUNT", "PING".  A running domain only: COLO_E_PAUSED otherwise.  A
+ * seq at or below the last one processed is refused (COLO_E_DUPLICATE):
+ * a checkpoint already carried its effect. */
 int colo_sim_service(colo_domain *dom, uint64_t seq, const uint8_t *req, uint64_t req_len,
                      uint8_t *reply, uint64_t cap, uint64_t *reply_len);
 /* The highest request sequence number the guest has processed. */

@@ -43,6 +43,7 @@ static const char *const texts[] = {
     [COLO_E_UNSUPPORTED] = "not supported by this hypervisor",
     [COLO_E_SERVICE] = "guest service error",
     [COLO_E_PAUSED] = "the guest is paused",
+    [COLO_E_DUPLICATE] = "request already processed",
 };
 
 const char *colo_version(void) { return COLO_VERSION; }

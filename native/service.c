@@ -191,11 +191,11 @@ int colo_sim_service(colo_domain *dom, uint64_t seq, const uint8_t *req, uint64_
         colo_sim_leave(dom);
         return colo_fail(COLO_E_SERVICE, "the domain has no service pages (needs 2 or more)");
     }
-    rc = serve(dom, &rq, (char *)reply, cap, reply_len);
-    if (rc == COLO_OK) {
-        struct svc_header *h = header(dom);
-        if (seq > h->last_seq)
-            h->last_seq = seq;
+    if (seq && seq <= header(dom)->last_seq) {
+        rc = colo_fail(COLO_E_DUPLICATE, "request %llu already processed (the guest is at %llu)",
+                       (unsigned long long)seq, (unsigned long long)header(dom)->last_seq);
+    } else if ((rc = serve(dom, &rq, (char *)reply, cap, reply_len)) == COLO_OK && seq) {
+        header(dom)->last_seq = seq;
     }
     colo_sim_leave(dom);
     return rc;

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from colo_plane import metrics, native
-from colo_plane._proto import colo_pb2
-from colo_plane.agent import datalink, domains, handshake
+from colo_plane._proto import colo_pb2, colo_pb2_grpc
+from colo_plane.agent import datalink, domains, handshake, proxy
 from colo_plane.agent.primary import Outcome, PrimaryLink, TestHooks
 from colo_plane.agent.replica import Replica, stats_to_proto, verify_to_proto
 from colo_plane.agent.secondary import ProtocolError
@@ -27,6 +27,8 @@ ACCEPT_TIMEOUT = 30.0
 FIRST_BOOT_TIMEOUT = 120.0
 CHECKPOINT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
+REPLY_TIMEOUT = 0.5  # the secondary's reply, before the primary asks for a checkpoint
+RPC_TIMEOUT = 2.0
 SECRET_BYTES = 32
 
 
@@ -36,14 +38,31 @@ class AgentConfig:
     data_address: str  # advertised: where primaries connect
     verify: bool = False  # verify every pair, whatever its spec says
     hooks: TestHooks = field(default_factory=TestHooks)
+    service_host: str = "127.0.0.1"  # where primaries' proxies serve clients
+
+
+def _processed(replica: Replica) -> int:
+    """The last client request the guest processed (0 without a guest service)."""
+    try:
+        return replica.dom.service_seq()
+    except native.NativeError:
+        return 0
 
 
 class AgentCore:
-    def __init__(self, config: AgentConfig, listener: datalink.DataListener, sink: SyncSink) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        listener: datalink.DataListener,
+        sink: SyncSink,
+        coordinator: colo_pb2_grpc.CoordinatorStub | None = None,
+    ) -> None:
         self.config = config
         self.listener = listener
         self.sink = sink
+        self.coordinator = coordinator
         self.replicas: dict[str, Replica] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- checks ----------------------------------------------------------------
 
@@ -123,9 +142,9 @@ class AgentCore:
             peer_host=req.peer_host_id,
         )
         self._add(replica)
-        connected = self.listener.expect(req.domain, req.generation, secret, req.peer_host_id)
+        expected = self.listener.expect(req.domain, req.generation, secret, req.peer_host_id)
         replica.accept_task = asyncio.create_task(
-            self._await_primary(replica, connected, seconds(req.accept_timeout, ACCEPT_TIMEOUT))
+            self._await_primary(replica, expected, seconds(req.accept_timeout, ACCEPT_TIMEOUT))
         )
         log.info(
             "%s: secondary prepared at generation %d, waiting for %s",
@@ -143,11 +162,10 @@ class AgentCore:
             data_address=self.config.data_address,
         )
 
-    async def _await_primary(
-        self, replica: Replica, connected: asyncio.Future[socket.socket], timeout: float
-    ) -> None:
+    async def _await_primary(self, replica: Replica, expected: datalink.Expected, timeout: float) -> None:
+        """The primary's data connection, then its proxy connection."""
         try:
-            sock = await asyncio.wait_for(connected, timeout)
+            sock = await asyncio.wait_for(expected.data, timeout)
         except TimeoutError:
             log.warning(
                 "%s: no primary connected within %.0f s; releasing the secondary", replica.domain, timeout
@@ -156,10 +174,20 @@ class AgentCore:
             if self.replicas.get(replica.domain) is replica:
                 await self._drop(replica.domain)
             return
-        except asyncio.CancelledError:
-            return
-        replica.accept_task = None
         replica.start_secondary(sock, self.sink)
+        try:
+            link = await asyncio.wait_for(expected.proxy, timeout)
+        except TimeoutError:
+            log.warning(
+                "%s: the primary opened no proxy connection; client requests are not mirrored here",
+                replica.domain,
+            )
+            return
+        reader, writer = await asyncio.open_connection(sock=link, limit=1 << 16)
+        replica.proxy_task = asyncio.create_task(
+            proxy.SecondaryProxy(replica.domain, replica.dom).run(reader, writer),
+            name=f"proxy-{replica.domain}",
+        )
 
     # -- StartPrimary ------------------------------------------------------------
 
@@ -190,8 +218,15 @@ class AgentCore:
             await replica.disconnect()
             replica.generation, replica.peer_host = req.generation, req.peer_host_id
             replica.state = colo_pb2.PAIR_STATE_SYNCING
-            sock = await self._connect(req, secret)
+            await self._serve_clients(replica)
+            sock = await self._connect(req, secret, handshake.DATA)
             replica.sock = sock
+            # Mirror client requests from before the snapshot on: the secondary
+            # runs every request after the first boot's last_seq.
+            link_sock = await self._connect(req, secret, handshake.PROXY)
+            reader, writer = await asyncio.open_connection(sock=link_sock, limit=1 << 16)
+            assert replica.proxy is not None
+            await replica.proxy.attach(reader, writer)
             replica.link = PrimaryLink(
                 domain=req.domain,
                 generation=req.generation,
@@ -209,6 +244,7 @@ class AgentCore:
             )
             replica.epoch, replica.state = req.epoch, colo_pb2.PAIR_STATE_PROTECTED
             replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
+            replica.proxy.checkpoint_done(outcome.stats.last_seq)
         log.info(
             "%s: first boot done at generation %d epoch %d (%d pages, %.1f ms paused)",
             req.domain,
@@ -221,14 +257,72 @@ class AgentCore:
             domain=req.domain,
             generation=req.generation,
             epoch=req.epoch,
+            service_address=replica.service_address,
             stats=stats_to_proto(outcome.stats),
             verify=verify_to_proto(outcome.verify),
         )
 
-    async def _connect(self, req: colo_pb2.StartPrimaryRequest, secret: bytes) -> socket.socket:
+    async def _serve_clients(self, replica: Replica) -> None:
+        """Starts the primary's proxy on the domain's service address, once."""
+        if replica.proxy is not None:
+            return
+        spec = replica.spec.service
+        replica.proxy = proxy.PrimaryProxy(
+            replica.domain,
+            replica.dom,
+            request_checkpoint=lambda seq, reason: self._request_checkpoint(replica, seq, reason),
+            reply_timeout=seconds(spec.reply_timeout, REPLY_TIMEOUT),
+        )
+        try:
+            replica.service_address = await replica.proxy.start(self.config.service_host, spec.port)
+        except OSError as exc:
+            replica.proxy = None
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"cannot serve {replica.domain} on {self.config.service_host}:{spec.port}: {exc}",
+            )
+        log.info("%s: serving clients on %s", replica.domain, replica.service_address)
+
+    def _request_checkpoint(self, replica: Replica, seq: int, reason: str) -> None:
+        """Asks the coordinator for a checkpoint (outputs diverged); never blocks."""
+        if self.coordinator is None:
+            return
+        req = colo_pb2.RequestCheckpointRequest(
+            domain=replica.domain,
+            generation=replica.generation,
+            epoch=replica.epoch,
+            host_id=self.config.host_id,
+            request_seq=seq,
+            reason=colo_pb2.CHECKPOINT_REQUEST_REASON_OUTPUT_MISMATCH
+            if reason == "mismatch"
+            else colo_pb2.CHECKPOINT_REQUEST_REASON_REPLY_TIMEOUT,
+        )
+
+        async def send() -> None:
+            assert self.coordinator is not None
+            try:
+                await self.coordinator.RequestCheckpoint(req, timeout=RPC_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "%s: checkpoint request for request %d failed: %s",
+                    replica.domain,
+                    seq,
+                    exc.details() or exc.code().name,
+                )
+
+        task = asyncio.create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _connect(self, req: colo_pb2.StartPrimaryRequest, secret: bytes, channel: int) -> socket.socket:
         try:
             return await datalink.connect(
-                req.peer_data_address, req.domain, req.generation, secret, timeout=CONNECT_TIMEOUT
+                req.peer_data_address,
+                req.domain,
+                req.generation,
+                secret,
+                timeout=CONNECT_TIMEOUT,
+                channel=channel,
             )
         except handshake.HandshakeError as exc:
             metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
@@ -319,6 +413,10 @@ class AgentCore:
             replica.epoch, replica.state = req.epoch, colo_pb2.PAIR_STATE_PROTECTED
             replica.checkpoints += 1
             replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
+            if replica.proxy is not None:
+                replica.proxy.checkpoint_done(outcome.stats.last_seq)
+            if req.final:  # switchover: the guest stays paused so the secondary's copy is the last word
+                replica.dom.pause()
         return colo_pb2.AgentCheckpointResponse(
             domain=req.domain,
             generation=req.generation,
@@ -345,14 +443,15 @@ class AgentCore:
         if replica.role is not Role.SECONDARY:
             fail(grpc.StatusCode.FAILED_PRECONDITION, f"this host is already the primary of {req.domain}")
         async with replica.busy:
-            await (
-                replica.disconnect()
-            )  # a torn checkpoint is dropped in C; the guest keeps the last whole one
+            # A torn checkpoint was dropped in C: the guest runs from its last
+            # whole checkpoint, plus the forwarded requests it processed since.
+            await replica.disconnect()
             replica.refresh()
             replica.generation, replica.role = req.generation, Role.PRIMARY
             replica.state, replica.peer_host = colo_pb2.PAIR_STATE_UNPROTECTED, ""
             if replica.dom.paused:
                 replica.dom.unpause()
+            await self._serve_clients(replica)
         metrics.DOMAINS_HELD.labels(Role.SECONDARY.value).dec()
         metrics.DOMAINS_HELD.labels(Role.PRIMARY.value).inc()
         log.warning(
@@ -361,7 +460,13 @@ class AgentCore:
             req.generation,
             replica.epoch,
         )
-        return colo_pb2.PromoteResponse(domain=req.domain, generation=req.generation, epoch=replica.epoch)
+        return colo_pb2.PromoteResponse(
+            domain=req.domain,
+            generation=req.generation,
+            epoch=replica.epoch,
+            service_address=replica.service_address,
+            last_processed_seq=_processed(replica),
+        )
 
     async def set_unprotected(self, req: colo_pb2.SetUnprotectedRequest) -> colo_pb2.SetUnprotectedResponse:
         replica = self._held(req.domain)
@@ -375,9 +480,10 @@ class AgentCore:
             await replica.disconnect()
             replica.generation, replica.peer_host = req.generation, ""
             replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
+            released = replica.proxy.unprotect() if replica.proxy is not None else 0
         log.warning("%s: running unprotected at generation %d", req.domain, req.generation)
         return colo_pb2.SetUnprotectedResponse(
-            domain=req.domain, generation=req.generation, epoch=replica.epoch
+            domain=req.domain, generation=req.generation, epoch=replica.epoch, released_replies=released
         )
 
     async def release(self, req: colo_pb2.ReleaseRequest) -> colo_pb2.ReleaseResponse:

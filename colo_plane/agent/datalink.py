@@ -18,13 +18,26 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 5.0
 
 
+def _future() -> asyncio.Future[socket.socket]:
+    return asyncio.get_running_loop().create_future()
+
+
 @dataclass
-class _Expected:
+class Expected:
+    """The connections a prepared secondary waits for: one a channel."""
+
     secret: bytes
     peer_host: str
-    connected: asyncio.Future[socket.socket] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    data: asyncio.Future[socket.socket] = field(default_factory=_future)
+    proxy: asyncio.Future[socket.socket] = field(default_factory=_future)
+
+    def channel(self, channel: int) -> asyncio.Future[socket.socket]:
+        return self.proxy if channel == handshake.PROXY else self.data
+
+    def cancel(self) -> None:
+        for fut in (self.data, self.proxy):
+            if not fut.done():
+                fut.cancel()
 
 
 def _configure(sock: socket.socket) -> None:
@@ -38,7 +51,7 @@ class DataListener:
     def __init__(self, address: str) -> None:
         self._address = address
         self._sock: socket.socket | None = None
-        self._expected: dict[tuple[str, int], _Expected] = {}
+        self._expected: dict[tuple[str, int], Expected] = {}
         self._task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
 
@@ -54,21 +67,18 @@ class DataListener:
         self._task = asyncio.create_task(self._accept_loop(), name="data-accept")
         return addresses.join(host, sock.getsockname()[1])
 
-    def expect(
-        self, domain: str, generation: int, secret: bytes, peer_host: str
-    ) -> asyncio.Future[socket.socket]:
-        """A future for the one authenticated connection of (domain, generation)."""
+    def expect(self, domain: str, generation: int, secret: bytes, peer_host: str) -> Expected:
+        """Futures for the authenticated connections of (domain, generation),
+        one a channel; each channel is accepted once."""
         self.forget(domain)
-        entry = _Expected(secret, peer_host)
+        entry = Expected(secret, peer_host)
         self._expected[(domain, generation)] = entry
-        return entry.connected
+        return entry
 
     def forget(self, domain: str) -> None:
         """Stop expecting any connection for domain (a newer generation, release)."""
         for key in [k for k in self._expected if k[0] == domain]:
-            entry = self._expected.pop(key)
-            if not entry.connected.done():
-                entry.connected.cancel()
+            self._expected.pop(key).cancel()
 
     async def close(self) -> None:
         if self._task:
@@ -94,7 +104,7 @@ class DataListener:
 
     def _secret_for(self, hello: handshake.Hello) -> bytes | None:
         entry = self._expected.get((hello.domain, hello.generation))
-        if entry is None or entry.connected.done():
+        if entry is None or entry.channel(hello.channel).done():
             return None
         return entry.secret
 
@@ -110,14 +120,18 @@ class DataListener:
         except OSError as exc:
             self._refuse(conn, peer, "closed", f"connection failed during the handshake: {exc}")
             return
-        entry = self._expected.pop((hello.domain, hello.generation), None)
-        if entry is None or entry.connected.done():
+        entry = self._expected.get((hello.domain, hello.generation))
+        if entry is None or entry.channel(hello.channel).done():
             self._refuse(conn, peer, "unknown_pair", "pair was released during the handshake")
             return
         log.info(
-            "data connection from %s authenticated for %s generation %d", peer, hello.domain, hello.generation
+            "%s connection from %s authenticated for %s generation %d",
+            "proxy" if hello.channel == handshake.PROXY else "data",
+            peer,
+            hello.domain,
+            hello.generation,
         )
-        entry.connected.set_result(conn)
+        entry.channel(hello.channel).set_result(conn)
 
     @staticmethod
     def _refuse(conn: socket.socket, peer: str, reason: str, message: str) -> None:
@@ -127,7 +141,13 @@ class DataListener:
 
 
 async def connect(
-    address: str, domain: str, generation: int, secret: bytes, *, timeout: float
+    address: str,
+    domain: str,
+    generation: int,
+    secret: bytes,
+    *,
+    timeout: float,
+    channel: int = handshake.DATA,
 ) -> socket.socket:
     """The primary's side: connect to the secondary's data port and authenticate."""
     host, port = addresses.parse(address)
@@ -137,7 +157,7 @@ async def connect(
     try:
         async with asyncio.timeout(timeout):
             await asyncio.get_running_loop().sock_connect(sock, (host, port))
-        await handshake.client(sock, domain, generation, secret, timeout=HANDSHAKE_TIMEOUT)
+        await handshake.client(sock, domain, generation, secret, timeout=HANDSHAKE_TIMEOUT, channel=channel)
     except BaseException:
         sock.close()
         raise

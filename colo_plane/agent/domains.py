@@ -11,7 +11,7 @@ from colo_plane import native
 from colo_plane._proto import colo_pb2
 from colo_plane.rpc import fail
 
-DEFAULT_SERVICE_PAGES = 16
+MAX_DEFAULT_SERVICE_PAGES = 4096  # 16 MiB of key-value store: ~65k keys
 MAX_SIM_PAGES = 1 << 24
 
 
@@ -33,6 +33,8 @@ def check_spec(spec: colo_pb2.DomainSpec) -> None:
             fail(grpc.StatusCode.INVALID_ARGUMENT, f"sim.pages must be 1..{MAX_SIM_PAGES}, got {sim.pages}")
         if sim.hot_percent > 100 or sim.hot_pages > sim.pages:
             fail(grpc.StatusCode.INVALID_ARGUMENT, "sim hot set: hot_percent 0..100 and hot_pages <= pages")
+        if sim.service_pages and sim.service_pages >= sim.pages:
+            fail(grpc.StatusCode.INVALID_ARGUMENT, "sim.service_pages must leave guest memory: below pages")
         if not 0.0 <= sim.divergence_probability <= 1.0:
             fail(grpc.StatusCode.INVALID_ARGUMENT, "sim.divergence_probability must be within 0.0..1.0")
     elif backend == "xen":
@@ -57,7 +59,7 @@ def open_domain(spec: colo_pb2.DomainSpec, host_id: str, *, secondary: bool) -> 
         dom.pause()
         return dom
     sim = spec.sim
-    service_pages = sim.service_pages or min(DEFAULT_SERVICE_PAGES, max(sim.pages - 1, 0))
+    service_pages = sim.service_pages or min(MAX_DEFAULT_SERVICE_PAGES, sim.pages // 4)
     return native.Domain.sim(
         pages=sim.pages,
         seed=host_seed(sim.seed, host_id),
@@ -68,4 +70,5 @@ def open_domain(spec: colo_pb2.DomainSpec, host_id: str, *, secondary: bool) -> 
         hot_pages=sim.hot_pages,
         hot_percent=sim.hot_percent,
         service_pages=service_pages,
+        divergence=sim.divergence_probability,
     )

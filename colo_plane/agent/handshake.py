@@ -5,7 +5,7 @@ coordinator with the generation) by HMAC-SHA256 over fresh nonces of both
 sides, so a stranger on the data port can neither read nor write a guest,
 and a replayed transcript proves nothing.
 
-    primary -> secondary  HELLO  "COLOAUTH" v1 | len | domain | u64 generation | client nonce (32)
+    primary -> secondary  HELLO  "COLOAUTH" v1 | channel | len | domain | u64 generation | client nonce (32)
     secondary -> primary  CHALLENGE  "COLOAUTH" | server nonce (32) | server mac (32)
     primary -> secondary  PROOF  client mac (32)
     secondary -> primary  ACCEPT  "COLOOK\\0\\0"
@@ -28,7 +28,9 @@ VERSION = 1
 NONCE = 32
 MAC = 32
 MAX_NAME = 63
-HELLO_HEAD = struct.Struct(">8sBB")  # magic, version, name length
+HELLO_HEAD = struct.Struct(">8sBBB")  # magic, version, channel, name length
+DATA = 0  # channel: the replication stream
+PROXY = 1  # channel: client requests forwarded to the secondary, and its replies
 
 
 class HandshakeError(Exception):
@@ -44,10 +46,18 @@ class Hello:
     domain: str
     generation: int
     nonce: bytes
+    channel: int = DATA
 
 
 def _mac(secret: bytes, role: bytes, hello: Hello, first: bytes, second: bytes) -> bytes:
-    msg = role + hello.domain.encode() + struct.pack(">Q", hello.generation) + first + second
+    msg = (
+        role
+        + bytes([hello.channel])
+        + hello.domain.encode()
+        + struct.pack(">Q", hello.generation)
+        + first
+        + second
+    )
     return hmac.new(secret, msg, hashlib.sha256).digest()
 
 
@@ -66,15 +76,15 @@ async def _send(sock: socket.socket, data: bytes) -> None:
     await asyncio.get_running_loop().sock_sendall(sock, data)
 
 
-async def client(sock: socket.socket, domain: str, generation: int, secret: bytes, *, timeout: float) -> None:
+async def client(
+    sock: socket.socket, domain: str, generation: int, secret: bytes, *, timeout: float, channel: int = DATA
+) -> None:
     """The primary's side; returns once both sides are proven."""
     async with asyncio.timeout(timeout):
         name = domain.encode()
-        hello = Hello(domain, generation, os.urandom(NONCE))
-        await _send(
-            sock,
-            HELLO_HEAD.pack(MAGIC, VERSION, len(name)) + name + struct.pack(">Q", generation) + hello.nonce,
-        )
+        hello = Hello(domain, generation, os.urandom(NONCE), channel)
+        head = HELLO_HEAD.pack(MAGIC, VERSION, channel, len(name))
+        await _send(sock, head + name + struct.pack(">Q", generation) + hello.nonce)
         reply = await _recv_exact(sock, len(MAGIC) + NONCE + MAC)
         if reply[: len(MAGIC)] != MAGIC:
             raise HandshakeError("garbage", "secondary answered with something that is not a colo challenge")
@@ -90,11 +100,13 @@ async def client(sock: socket.socket, domain: str, generation: int, secret: byte
 
 
 async def read_hello(sock: socket.socket) -> Hello:
-    magic, version, name_len = HELLO_HEAD.unpack(await _recv_exact(sock, HELLO_HEAD.size))
+    magic, version, channel, name_len = HELLO_HEAD.unpack(await _recv_exact(sock, HELLO_HEAD.size))
     if magic != MAGIC:
         raise HandshakeError("garbage", "connection does not start with a colo hello")
     if version != VERSION:
         raise HandshakeError("garbage", f"handshake version {version}, this agent speaks {VERSION}")
+    if channel not in (DATA, PROXY):
+        raise HandshakeError("garbage", f"unknown channel {channel}")
     if not 0 < name_len <= MAX_NAME:
         raise HandshakeError("garbage", f"domain name of {name_len} bytes")
     rest = await _recv_exact(sock, name_len + 8 + NONCE)
@@ -103,7 +115,7 @@ async def read_hello(sock: socket.socket) -> Hello:
     except UnicodeDecodeError:
         raise HandshakeError("garbage", "domain name is not UTF-8") from None
     (generation,) = struct.unpack(">Q", rest[name_len : name_len + 8])
-    return Hello(domain, generation, rest[name_len + 8 :])
+    return Hello(domain, generation, rest[name_len + 8 :], channel)
 
 
 async def server(

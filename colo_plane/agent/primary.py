@@ -117,6 +117,13 @@ class PrimaryLink:
             )
         return verify
 
+    def _service_seq(self) -> int:
+        """The last client request the guest processed (sim service), read while paused."""
+        try:
+            return self.dom.service_seq()
+        except native.BackendError:
+            return 0  # no guest service on this backend
+
     def _send_state(
         self, pages: native.Bitmap, epoch: int, last_seq: int, *, first_boot: bool = False
     ) -> None:
@@ -138,15 +145,15 @@ class PrimaryLink:
 
     # -- the protocol --------------------------------------------------------
 
-    def first_boot(self, epoch: int, last_seq: int = 0) -> Outcome:
+    def first_boot(self, epoch: int) -> Outcome:
         """Pause, send every page and the context, resume at SECONDARY_READY."""
         with self.lock:
-            return self._guard(lambda: self._first_boot(epoch, last_seq))
+            return self._guard(lambda: self._first_boot(epoch))
 
-    def checkpoint(self, epoch: int, last_seq: int = 0) -> Outcome:
+    def checkpoint(self, epoch: int) -> Outcome:
         """The six steps; returns at SECONDARY_RESUMED."""
         with self.lock:
-            return self._guard(lambda: self._checkpoint(epoch, last_seq))
+            return self._guard(lambda: self._checkpoint(epoch))
 
     def _guard(self, run: Callable[[], Outcome]) -> Outcome:
         if self.broken:
@@ -159,11 +166,12 @@ class PrimaryLink:
                 self.dom.unpause()  # the primary keeps running; its output stays held
             raise
 
-    def _first_boot(self, epoch: int, last_seq: int) -> Outcome:
+    def _first_boot(self, epoch: int) -> Outcome:
         start = now_ns()
         if not self.dom.paused:
             self.dom.pause()
         pause_start = now_ns()
+        last_seq = self._service_seq()
         self._writer.header(self.dom)
         self._reader.header()
         self.dom.logdirty_enable()
@@ -184,7 +192,7 @@ class PrimaryLink:
         stats.duration_ns = now_ns() - start
         return Outcome(epoch, stats, verify)
 
-    def _checkpoint(self, epoch: int, last_seq: int) -> Outcome:
+    def _checkpoint(self, epoch: int) -> Outcome:
         start = now_ns()
         self._writer.control(ControlId.CHECKPOINT_REQUEST, self.generation, epoch)
         metrics.SYNC_POINTS.labels(ControlId.CHECKPOINT_REQUEST.name).inc()
@@ -204,6 +212,7 @@ class PrimaryLink:
         self._expect(EventKind.DIRTY, 0)  # merged into _back_dirty: B
         self.dom.pause()
         pause_start = now_ns()
+        last_seq = self._service_seq()
         self.dom.dirty_read_clear(self._a)
         d = self._a.copy() if self.hooks.send_only_a else self._a | self._back_dirty
         self._send_state(d, epoch, last_seq)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from colo_plane import native
 from colo_plane._proto import colo_pb2
 from colo_plane.agent.primary import PrimaryLink
+from colo_plane.agent.proxy import PrimaryProxy
 from colo_plane.agent.secondary import SecondaryLoop
 from colo_plane.agent.syncpoints import Role, Stats, SyncSink, Verify
 
@@ -41,6 +42,9 @@ class Replica:
     last_error: str = ""
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)  # one command changing the replica at a time
     accept_task: asyncio.Task[None] | None = None
+    proxy: PrimaryProxy | None = None  # primary: the client side
+    proxy_task: asyncio.Task[None] | None = None  # secondary: runs forwarded requests
+    service_address: str = ""
 
     # -- the data connection ---------------------------------------------------
 
@@ -59,10 +63,15 @@ class Replica:
         self.thread.start()
 
     async def disconnect(self) -> None:
-        """Closes the data connection and waits for the replication thread."""
-        if self.accept_task is not None:
-            self.accept_task.cancel()
-            self.accept_task = None
+        """Closes the data and proxy connections and waits for the replication thread."""
+        for task in (self.accept_task, self.proxy_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self.accept_task = self.proxy_task = None
+        if self.proxy is not None:
+            await self.proxy.detach()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -81,6 +90,9 @@ class Replica:
 
     async def close(self) -> None:
         await self.disconnect()
+        if self.proxy is not None:
+            await self.proxy.close()
+            self.proxy = None
         self.dom.close()
 
     # -- what GetStatus shows ----------------------------------------------------
@@ -131,6 +143,9 @@ class Replica:
             last_checkpoint=stats_to_proto(self.last_stats),
             last_error=self.last_error,
             checkpoints=self.checkpoints,
+            service_address=self.service_address,
+            output_held=bool(self.proxy and self.proxy.held),
+            held_replies=self.proxy.held if self.proxy else 0,
         )
         v = self.last_verify
         if v.checked:

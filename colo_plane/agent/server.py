@@ -44,7 +44,12 @@ async def run(args: argparse.Namespace) -> int:
     if hooks != TestHooks():
         log.warning("TEST HOOKS ON: %s -- this agent breaks replication on purpose", hooks)
     core = AgentCore(
-        AgentConfig(args.host_id, data_address, verify=args.verify, hooks=hooks), listener, reporter.submit
+        AgentConfig(
+            args.host_id, data_address, verify=args.verify, hooks=hooks, service_host=args.service_host
+        ),
+        listener,
+        reporter.submit,
+        stub,
     )
 
     server = serving.new_server()

@@ -30,6 +30,7 @@ class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
         self.lock = threading.Lock()
         self.sync_points: list[colo_pb2.ReportSyncPointRequest] = []
         self.registered: dict[str, colo_pb2.RegisterAgentRequest] = {}
+        self.checkpoint_requests: list[colo_pb2.RequestCheckpointRequest] = []
 
     def RegisterAgent(self, request: Any, context: Any) -> colo_pb2.RegisterAgentResponse:  # noqa: N802
         with self.lock:
@@ -38,6 +39,11 @@ class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
 
     def Heartbeat(self, request: Any, context: Any) -> colo_pb2.HeartbeatResponse:  # noqa: N802
         return colo_pb2.HeartbeatResponse()
+
+    def RequestCheckpoint(self, request: Any, context: Any) -> colo_pb2.RequestCheckpointResponse:  # noqa: N802
+        with self.lock:
+            self.checkpoint_requests.append(request)
+        return colo_pb2.RequestCheckpointResponse(domain=request.domain, generation=request.generation)
 
     def ReportSyncPoint(self, request: Any, context: Any) -> colo_pb2.ReportSyncPointResponse:  # noqa: N802
         with self.lock:
@@ -146,13 +152,25 @@ def start_agent(tmp: Path, host_id: str, coordinator: str, *extra: str) -> Agent
 
 
 def sim_spec(
-    domain: str, *, pages: int = 4096, rate: int = 20_000, verify: bool = True, seed: int = 42
+    domain: str,
+    *,
+    pages: int = 4096,
+    rate: int = 20_000,
+    verify: bool = True,
+    seed: int = 42,
+    divergence: float = 0.0,
+    service_pages: int = 0,
 ) -> colo_pb2.DomainSpec:
     return colo_pb2.DomainSpec(
         domain=domain,
         verify=verify,
         sim=colo_pb2.SimDomainSpec(
-            pages=pages, dirty_rate=rate, seed=seed, pattern=colo_pb2.SIM_PATTERN_UNIFORM
+            pages=pages,
+            dirty_rate=rate,
+            seed=seed,
+            pattern=colo_pb2.SIM_PATTERN_UNIFORM,
+            divergence_probability=divergence,
+            service_pages=service_pages,
         ),
     )
 

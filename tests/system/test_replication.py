@@ -177,7 +177,8 @@ async def _wrong_secret(address: str, domain: str, generation: int) -> str:
 def _forged_proof(address: str, domain: str, generation: int) -> bytes:
     """A stranger who ignores the challenge and sends a made-up proof."""
     name = domain.encode()
-    hello = handshake.HELLO_HEAD.pack(handshake.MAGIC, 1, len(name)) + name + generation.to_bytes(8, "big")
+    head = handshake.HELLO_HEAD.pack(handshake.MAGIC, 1, handshake.DATA, len(name))
+    hello = head + name + generation.to_bytes(8, "big")
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as s:
         s.sendall(hello + bytes(32))
@@ -210,7 +211,8 @@ def test_strangers_on_the_data_port_are_refused(agents: StartAgent) -> None:
     assert asyncio.run(_wrong_secret(b.data, "vm2", 1)) == "bad_proof"  # the primary side's check
     assert _forged_proof(b.data, "vm2", 1) == b""  # the secondary's check: closed, no ACCEPT
     assert _stranger(b.data, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b""
-    assert _stranger(b.data, handshake.HELLO_HEAD.pack(handshake.MAGIC, 1, 3) + b"vm9" + bytes(40)) == b""
+    unknown = handshake.HELLO_HEAD.pack(handshake.MAGIC, 1, handshake.DATA, 3) + b"vm9" + bytes(40)
+    assert _stranger(b.data, unknown) == b""
     assert metric(b, "colo_data_handshake_failures_total", reason="bad_proof") == 1
     assert metric(b, "colo_data_handshake_failures_total", reason="closed") == 1
     assert metric(b, "colo_data_handshake_failures_total", reason="garbage") == 1
