@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_logging(agent)
     agent.set_defaults(func=_cmd_agent)
 
-    lg = sub.add_parser("loadgen", help="clients writing unique keys through the proxy, then a lost-write check")
+    lg = sub.add_parser("loadgen", help="writers through the proxy, then a lost-write check")
     lg.add_argument("--coordinator", help="coordinator address (follows the pair's service endpoint)")
     lg.add_argument("--domain", help="the protected domain")
     lg.add_argument("--address", help="a fixed service address instead")

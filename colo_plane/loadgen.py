@@ -106,7 +106,8 @@ class Connection:
                 await self._connect(deadline)
                 if not first:
                     self.ledger.reconnects += 1
-            assert self.reader is not None and self.writer is not None
+            assert self.reader is not None
+            assert self.writer is not None
             try:
                 self.writer.write(line.encode() + b"\n")
                 await self.writer.drain()
