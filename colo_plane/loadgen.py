@@ -118,7 +118,7 @@ class Connection:
                 pass
             self._drop()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no answer to {line.split()[0]} within {give_up:.0f} s")
+                raise TimeoutError(f"no answer to {line.split(maxsplit=1)[0]} within {give_up:.0f} s")
             first = False
             self.ledger.retries += 1
 
