@@ -244,7 +244,7 @@ class AgentCore:
             )
             replica.epoch, replica.state = req.epoch, colo_pb2.PAIR_STATE_PROTECTED
             replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
-            replica.proxy.checkpoint_done(outcome.stats.last_seq)
+            replica.proxy.checkpoint_done(req.epoch, outcome.stats.last_seq)
         log.info(
             "%s: first boot done at generation %d epoch %d (%d pages, %.1f ms paused)",
             req.domain,
@@ -414,7 +414,7 @@ class AgentCore:
             replica.checkpoints += 1
             replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
             if replica.proxy is not None:
-                replica.proxy.checkpoint_done(outcome.stats.last_seq)
+                replica.proxy.checkpoint_done(req.epoch, outcome.stats.last_seq)
             if req.final:  # switchover: the guest stays paused so the secondary's copy is the last word
                 replica.dom.pause()
         return colo_pb2.AgentCheckpointResponse(

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,10 +147,20 @@ class PrimaryProxy:
             self._releasable(p)
         return released
 
-    def checkpoint_done(self, last_seq: int) -> None:
-        """SECONDARY_RESUMED of a checkpoint whose state includes every request <= last_seq."""
+    def checkpoint_done(self, epoch: int, last_seq: int) -> None:
+        """SECONDARY_RESUMED of checkpoint epoch, whose state includes every request <= last_seq."""
         self.covered = max(self.covered, last_seq)
+        now = time.monotonic_ns()
         for p in [p for p in self.pending.values() if p.seq <= self.covered]:
+            if p.asked and not p.releasable:
+                # The release rule, on the record: tests check it against the sync points.
+                log.info(
+                    "%s: released held reply seq=%d after epoch=%d resumed t=%d",
+                    self.domain,
+                    p.seq,
+                    epoch,
+                    now,
+                )
             self._releasable(p)
 
     async def _replies(self, reader: asyncio.StreamReader) -> None:
@@ -174,6 +185,7 @@ class PrimaryProxy:
         p.asked = True
         if not p.releasable:
             self.held += 1
+            log.info("%s: holding reply seq=%d (%s) t=%d", self.domain, p.seq, reason, time.monotonic_ns())
         self.request_checkpoint(p.seq, reason)
 
     def _timed_out(self, p: Pending) -> None:
