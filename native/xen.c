@@ -18,7 +18,12 @@
  *   (PV).  Gfns without RAM (holes: XTAB by XEN_DOMCTL_getpageframeinfo3,
  *   or INVALID in a PV p2m) read as zeros without a mapping attempt;
  *   write_page to one is an error, and a checkpoint commit skips a hole
- *   only when its staged page is all zeros.
+ *   only when its staged page is all zeros.  Xen's own pages in a PVH
+ *   guest's gfn space (shared_info, grant frames) are XTAB too: like
+ *   libxc's save, the backend leaves them out (they read as zeros).
+ * - A byte copy of PV memory into another PV domain is not a replica (PV
+ *   page tables hold mfns, which libxc's save rewrites): the lab copies
+ *   pages between PVH domains; PV is read, hashed and dirty-tracked.
  * - The dirty bitmap lives in hypercall memory (the libxc buffer macros are
  *   GNU statement expressions: they stay in here, out of the cffi cdef) and
  *   is copied word by word into the caller's colo_bitmap.

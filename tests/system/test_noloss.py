@@ -20,7 +20,7 @@ from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.localcluster import LocalCluster, Process
 from colo_plane.rpc import duration
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.skip(reason="lead: enabled once the coordinator is integrated")]
 
 HOSTS = ("host-a", "host-b", "host-c")
 

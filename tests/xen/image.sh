@@ -14,7 +14,7 @@ set -euo pipefail
 OUT=$1
 PINNED_DEB=$2
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
-PACKAGES=xen-utils-4.17,xen-hypervisor-4.17-amd64,linux-image-amd64,initramfs-tools,busybox,kmod,udev,iproute2,procps,libxen-dev,gcc,libc6-dev,python3,python3-dev,python3-cffi,python3-pytest
+PACKAGES=xen-utils-4.17,xen-hypervisor-4.17-amd64,linux-image-amd64,initramfs-tools,busybox,kmod,udev,iproute2,procps,libxen-dev,gcc,libc6-dev,python3,python3-dev,python3-ply,python3-cffi,python3-pytest
 R=$OUT/rootfs
 export DEBIAN_FRONTEND=noninteractive
 rm -rf "$R" "$OUT"/*.elf "$OUT"/rootfs.img "$OUT"/DONE

@@ -9,8 +9,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
-from conftest import MODE
+from xenlab_util import MODE
 
 pytestmark = pytest.mark.skipif(MODE != "noshadow", reason="lab boot 2 only")
 
