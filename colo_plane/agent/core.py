@@ -495,6 +495,8 @@ class AgentCore:
             if req.keep_running and replica.role is Role.PRIMARY:
                 await replica.disconnect()
                 replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
+                if replica.proxy is not None:
+                    replica.proxy.unprotect()  # nothing left to wait for: replies go straight out
             else:
                 await self._drop(req.domain)
         log.info("%s: released (%s)", req.domain, req.reason or "no reason given")
