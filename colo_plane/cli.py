@@ -79,6 +79,23 @@ def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_service(args: argparse.Namespace) -> int:
+    from colo_plane.bench import service
+
+    divergences = tuple(float(x) for x in args.divergence.split(","))
+    results = service.run(divergences=divergences, clients=args.clients, seconds=args.seconds)
+    print(json.dumps(service.as_json(results)) if args.json else service.render(results))
+    return 0
+
+
+def _cmd_bench_failover(args: argparse.Namespace) -> int:
+    from colo_plane.bench import failover
+
+    trials = failover.run(trials=args.trials)
+    print(json.dumps(failover.as_json(trials)) if args.json else failover.render(trials))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colo", description="COLO fault tolerance for virtual machines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -122,6 +139,18 @@ def _parser() -> argparse.ArgumentParser:
     bckpt.add_argument("--checkpoints", type=int, default=100, help="checkpoints per size (default 100)")
     bckpt.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bckpt.set_defaults(func=_cmd_bench_checkpoint)
+    bsvc = bench_sub.add_parser("service", help="loadgen protected vs unprotected, same guest, same run")
+    bsvc.add_argument("--divergence", default="0,0.01,0.1", help="divergence probabilities, comma-separated")
+    bsvc.add_argument("--clients", type=int, default=8)
+    bsvc.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    bsvc.add_argument("--json", action="store_true", help="one JSON object of the figures")
+    bsvc.set_defaults(func=_cmd_bench_service)
+    bfo = bench_sub.add_parser(
+        "failover", help="kill -9 of the primary under load: time to first reply, writes lost"
+    )
+    bfo.add_argument("--trials", type=int, default=10)
+    bfo.add_argument("--json", action="store_true", help="one JSON object of the figures")
+    bfo.set_defaults(func=_cmd_bench_failover)
     return parser
 
 

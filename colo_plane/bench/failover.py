@@ -1,0 +1,120 @@
+"""`colo bench failover`: trials of kill -9 of the primary's agent under
+load; for each, the time from the kill to the first successful reply from
+the new primary, and the acknowledged writes lost (must be 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+
+from colo_plane import addresses, loadgen
+from colo_plane._proto import colo_pb2, colo_pb2_grpc
+from colo_plane.localcluster import LocalCluster, Process
+from colo_plane.rpc import duration
+
+HOSTS = ("host-a", "host-b", "host-c")
+GOAL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Trial:
+    victim: str
+    new_primary: str
+    first_reply_s: float
+    acknowledged_writes: int
+    acknowledged_writes_lost: int
+    reads_of_values_never_written: int
+
+
+async def _first_reply_after(stub: colo_pb2_grpc.CoordinatorStub, domain: str, old: str, start: float) -> float:
+    """Seconds from start to the first PONG from an endpoint other than old."""
+    while True:
+        with contextlib.suppress(OSError, TimeoutError, grpc.aio.AioRpcError, ValueError):
+            pair = (await stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=1.0)).pair
+            if pair.service_endpoint and pair.service_endpoint != old:
+                host, port = addresses.parse(pair.service_endpoint)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+                writer.write(b"PING\n")
+                reply = await asyncio.wait_for(reader.readline(), 2.0)
+                writer.close()
+                if reply.startswith(b"PONG"):
+                    return time.monotonic() - start
+        await asyncio.sleep(0.002)
+
+
+def _trial(cluster: LocalCluster, agents: dict[str, Process], coordinator: str, domain: str) -> Trial:
+    async def go() -> Trial:
+        channel = grpc.aio.insecure_channel(coordinator)
+        stub = colo_pb2_grpc.CoordinatorStub(channel)
+        while (pair := (await stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5)).pair).state != \\
+                colo_pb2.PAIR_STATE_PROTECTED:
+            await asyncio.sleep(0.05)
+        stop = asyncio.Event()
+        load = asyncio.create_task(loadgen.run(loadgen.resolver(coordinator, domain, None), clients=4,
+                                               seconds=60, stop=stop))
+        await asyncio.sleep(1.0)
+        victim, old = pair.primary_host, pair.service_endpoint
+        agents[victim].kill()
+        start = time.monotonic()
+        first = await asyncio.wait_for(_first_reply_after(stub, domain, old, start), 30)
+        await asyncio.sleep(0.5)
+        stop.set()
+        report = await load
+        new = (await stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5)).pair.primary_host
+        await channel.close()
+        return Trial(victim, new, first, report.acknowledged_writes, report.acknowledged_writes_lost,
+                     report.reads_of_values_never_written)
+
+    trial = asyncio.run(go())
+    # The victim's host comes back, empty, for the next trial's re-protection.
+    agents[trial.victim] = cluster.start_agent(trial.victim, coordinator)
+    return trial
+
+
+def run(*, trials: int = 10) -> list[Trial]:
+    with tempfile.TemporaryDirectory(prefix="colo-bench-") as tmp:
+        cluster = LocalCluster(Path(tmp))
+        try:
+            coordinator = cluster.start_coordinator()
+            agents = {h: cluster.start_agent(h, coordinator.grpc) for h in HOSTS}
+            with grpc.insecure_channel(coordinator.grpc) as channel:
+                stub = colo_pb2_grpc.CoordinatorStub(channel)
+                deadline = time.monotonic() + 15
+                while len(stub.ListAgents(colo_pb2.ListAgentsRequest(alive_only=True), timeout=5).agents) < 3:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("agents did not register")
+                    time.sleep(0.05)
+                spec = colo_pb2.DomainSpec(
+                    domain="bench", checkpoint_interval=duration(1.0),
+                    sim=colo_pb2.SimDomainSpec(pages=4096, dirty_rate=2_000, seed=5, divergence_probability=0.01),
+                )
+                stub.ProtectDomain(colo_pb2.ProtectDomainRequest(spec=spec, primary_host="host-a", wait=True),
+                                   timeout=60)
+            return [_trial(cluster, agents, coordinator.grpc, "bench") for _ in range(trials)]
+        finally:
+            cluster.stop_all()
+
+
+def render(trials: list[Trial]) -> str:
+    times = [t.first_reply_s for t in trials]
+    lines = [f"{'trial':>5}  {'killed':<8}{'new primary':<13}{'first reply s':>14}{'acked':>8}{'lost':>6}"]
+    for i, t in enumerate(trials, 1):
+        lines.append(f"{i:>5}  {t.victim:<8}{t.new_primary:<13}{t.first_reply_s:>14.3f}"
+                     f"{t.acknowledged_writes:>8}{t.acknowledged_writes_lost:>6}")
+    lines.append(f"first reply from the new primary: p50 {statistics.median(times):.3f} s, max {max(times):.3f} s "
+                 f"(goal <= {GOAL_SECONDS} s); writes lost: {sum(t.acknowledged_writes_lost for t in trials)}")
+    return "\n".join(lines)
+
+
+def as_json(trials: list[Trial]) -> dict[str, object]:
+    times = [t.first_reply_s for t in trials]
+    return {"bench": "failover", "p50_s": statistics.median(times), "max_s": max(times),
+            "writes_lost": sum(t.acknowledged_writes_lost for t in trials), "trials": [asdict(t) for t in trials]}
