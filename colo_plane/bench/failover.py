@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +33,9 @@ class Trial:
     reads_of_values_never_written: int
 
 
-async def _first_reply_after(stub: colo_pb2_grpc.CoordinatorStub, domain: str, old: str, start: float) -> float:
+async def _first_reply_after(
+    stub: colo_pb2_grpc.CoordinatorStub, domain: str, old: str, start: float
+) -> float:
     """Seconds from start to the first PONG from an endpoint other than old."""
     while True:
         with contextlib.suppress(OSError, TimeoutError, grpc.aio.AioRpcError, ValueError):
@@ -54,12 +55,16 @@ def _trial(cluster: LocalCluster, agents: dict[str, Process], coordinator: str, 
     async def go() -> Trial:
         channel = grpc.aio.insecure_channel(coordinator)
         stub = colo_pb2_grpc.CoordinatorStub(channel)
-        while (pair := (await stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5)).pair).state != \\
-                colo_pb2.PAIR_STATE_PROTECTED:
+        protected = colo_pb2.PAIR_STATE_PROTECTED
+        while True:
+            pair = (await stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5)).pair
+            if pair.state == protected:
+                break
             await asyncio.sleep(0.05)
         stop = asyncio.Event()
-        load = asyncio.create_task(loadgen.run(loadgen.resolver(coordinator, domain, None), clients=4,
-                                               seconds=60, stop=stop))
+        load = asyncio.create_task(
+            loadgen.run(loadgen.resolver(coordinator, domain, None), clients=4, seconds=60, stop=stop)
+        )
         await asyncio.sleep(1.0)
         victim, old = pair.primary_host, pair.service_endpoint
         agents[victim].kill()
@@ -69,9 +74,15 @@ def _trial(cluster: LocalCluster, agents: dict[str, Process], coordinator: str, 
         stop.set()
         report = await load
         new = (await stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5)).pair.primary_host
-        await channel.close()
-        return Trial(victim, new, first, report.acknowledged_writes, report.acknowledged_writes_lost,
-                     report.reads_of_values_never_written)
+        await channel.close(None)
+        return Trial(
+            victim,
+            new,
+            first,
+            report.acknowledged_writes,
+            report.acknowledged_writes_lost,
+            report.reads_of_values_never_written,
+        )
 
     trial = asyncio.run(go())
     # The victim's host comes back, empty, for the next trial's re-protection.
@@ -93,11 +104,15 @@ def run(*, trials: int = 10) -> list[Trial]:
                         raise RuntimeError("agents did not register")
                     time.sleep(0.05)
                 spec = colo_pb2.DomainSpec(
-                    domain="bench", checkpoint_interval=duration(1.0),
-                    sim=colo_pb2.SimDomainSpec(pages=4096, dirty_rate=2_000, seed=5, divergence_probability=0.01),
+                    domain="bench",
+                    checkpoint_interval=duration(1.0),
+                    sim=colo_pb2.SimDomainSpec(
+                        pages=4096, dirty_rate=2_000, seed=5, divergence_probability=0.01
+                    ),
                 )
-                stub.ProtectDomain(colo_pb2.ProtectDomainRequest(spec=spec, primary_host="host-a", wait=True),
-                                   timeout=60)
+                stub.ProtectDomain(
+                    colo_pb2.ProtectDomainRequest(spec=spec, primary_host="host-a", wait=True), timeout=60
+                )
             return [_trial(cluster, agents, coordinator.grpc, "bench") for _ in range(trials)]
         finally:
             cluster.stop_all()
@@ -107,14 +122,23 @@ def render(trials: list[Trial]) -> str:
     times = [t.first_reply_s for t in trials]
     lines = [f"{'trial':>5}  {'killed':<8}{'new primary':<13}{'first reply s':>14}{'acked':>8}{'lost':>6}"]
     for i, t in enumerate(trials, 1):
-        lines.append(f"{i:>5}  {t.victim:<8}{t.new_primary:<13}{t.first_reply_s:>14.3f}"
-                     f"{t.acknowledged_writes:>8}{t.acknowledged_writes_lost:>6}")
-    lines.append(f"first reply from the new primary: p50 {statistics.median(times):.3f} s, max {max(times):.3f} s "
-                 f"(goal <= {GOAL_SECONDS} s); writes lost: {sum(t.acknowledged_writes_lost for t in trials)}")
+        lines.append(
+            f"{i:>5}  {t.victim:<8}{t.new_primary:<13}{t.first_reply_s:>14.3f}"
+            f"{t.acknowledged_writes:>8}{t.acknowledged_writes_lost:>6}"
+        )
+    lines.append(
+        f"first reply from the new primary: p50 {statistics.median(times):.3f} s, max {max(times):.3f} s "
+        f"(goal <= {GOAL_SECONDS} s); writes lost: {sum(t.acknowledged_writes_lost for t in trials)}"
+    )
     return "\n".join(lines)
 
 
 def as_json(trials: list[Trial]) -> dict[str, object]:
     times = [t.first_reply_s for t in trials]
-    return {"bench": "failover", "p50_s": statistics.median(times), "max_s": max(times),
-            "writes_lost": sum(t.acknowledged_writes_lost for t in trials), "trials": [asdict(t) for t in trials]}
+    return {
+        "bench": "failover",
+        "p50_s": statistics.median(times),
+        "max_s": max(times),
+        "writes_lost": sum(t.acknowledged_writes_lost for t in trials),
+        "trials": [asdict(t) for t in trials],
+    }
