@@ -18,24 +18,30 @@ from pathlib import Path
 
 import grpc
 
-from colo_plane import promtext
+from colo_plane import loadgen, promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.localcluster import LocalCluster, Process
 from colo_plane.rpc import duration
 
 HOSTS = (("host-a", "zone-a"), ("host-b", "zone-b"), ("host-c", "zone-c"))
+CHECKPOINT_FLIP = {colo_pb2.PAIR_STATE_PROTECTED, colo_pb2.PAIR_STATE_CHECKPOINTING}
 DOMAIN = "web-1"
 
 
 @dataclass
 class Timeline:
     lines: list[str] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)  # first time each milestone was seen
     lock: threading.Lock = field(default_factory=threading.Lock)
     t0: float = field(default_factory=time.monotonic)
 
     def add(self, text: str) -> None:
         with self.lock:
             self.lines.append(f"{time.monotonic() - self.t0:6.2f}s  {text}")
+
+    def mark(self, name: str) -> None:
+        with self.lock:
+            self.marks.setdefault(name, time.monotonic())
 
     def tail(self, n: int) -> list[str]:
         with self.lock:
@@ -62,7 +68,15 @@ def _watch(stub: colo_pb2_grpc.CoordinatorStub, timeline: Timeline, stop: thread
             if stop.is_set():
                 return
             ev = reply.event
-            if ev.kind not in interesting:
+            if ev.kind == colo_pb2.EVENT_KIND_FAILOVER_COMPLETED:
+                timeline.mark("promoted")
+            if (
+                "promoted" in timeline.marks
+                and ev.to_state == colo_pb2.PAIR_STATE_PROTECTED
+                and (ev.from_state == colo_pb2.PAIR_STATE_SYNCING)
+            ):
+                timeline.mark("reprotected")
+            if ev.kind not in interesting or {ev.from_state, ev.to_state} == CHECKPOINT_FLIP:
                 continue
             kind = colo_pb2.EventKind.Name(ev.kind).removeprefix("EVENT_KIND_").lower()
             what = (
@@ -88,7 +102,60 @@ def _figures(agents: dict[str, Process]) -> dict[str, float]:
     }
 
 
-def _render(pair: colo_pb2.Pair, fig: dict[str, float], timeline: Timeline, elapsed: float, note: str) -> str:
+@dataclass
+class Load:
+    """loadgen running in a thread of its own, watched through its ledger."""
+
+    coordinator: str
+    clients: int
+    ledger: loadgen.Ledger = field(default_factory=loadgen.Ledger)
+    report: loadgen.Report | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _last: tuple[float, int] = (0.0, 0)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def go() -> loadgen.Report:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            threading.Thread(
+                target=lambda: (self._stop.wait(), loop.call_soon_threadsafe(stop.set)), daemon=True
+            ).start()
+            resolve = loadgen.resolver(self.coordinator, DOMAIN, None)
+            return await loadgen.run(
+                resolve, clients=self.clients, seconds=1e9, stop=stop, ledger=self.ledger
+            )
+
+        self.report = asyncio.run(go())
+
+    def rate(self) -> float:
+        now, ops = time.monotonic(), self.ledger.ops
+        last_t, last_ops = self._last
+        self._last = (now, ops)
+        return (ops - last_ops) / (now - last_t) if last_t else 0.0
+
+    def finish(self) -> loadgen.Report | None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=120)
+        return self.report
+
+
+def _render(
+    pair: colo_pb2.Pair,
+    fig: dict[str, float],
+    *,
+    load: Load,
+    timeline: Timeline,
+    elapsed: float,
+    note: str,
+) -> str:
     counts = pair.checkpoint_counts
 
     def ms(v: float) -> str:
@@ -100,8 +167,10 @@ def _render(pair: colo_pb2.Pair, fig: dict[str, float], timeline: Timeline, elap
         f"  pair        {pair.domain}   state {_state(pair.state):<14} generation {pair.generation}  "
         f"epoch {pair.epoch}",
         f"  primary     {pair.primary_host or '-':<10} secondary {pair.secondary_host or '-':<10}",
-        f"  checkpoints timer {counts.timer}  request {counts.request}  manual {counts.manual}  "
+        f"  checkpoints timer {counts.timer}  divergence {counts.request}  manual {counts.manual}  "
         f"first boot {counts.first_boot}  failed {counts.failed}",
+        f"  clients     {load.clients} loadgen clients  {load.rate():.0f} ops/s  acknowledged writes "
+        f"{len(load.ledger.acknowledged)}  reconnects {load.ledger.reconnects}",
         f"  pause       p50 {ms(fig['p50'])}   p99 {ms(fig['p99'])}   (primary suspended -> resumed)",
         f"  sent        {fig['mb']:.1f} MB   verified {int(fig['verified'])}   verify failures "
         f"{int(fig['verify_failed'])}",
@@ -117,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
     cluster = LocalCluster(workdir)
     stop = threading.Event()
     tty = sys.stdout.isatty()
+    load: Load | None = None
     try:
         coordinator = cluster.start_coordinator()
         agents = {h: cluster.start_agent(h, coordinator.grpc, "--label", f"zone={z}") for h, z in HOSTS}
@@ -133,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=_watch, args=(stub, timeline, stop), daemon=True).start()
         spec = colo_pb2.DomainSpec(
             domain=DOMAIN,
-            verify=True,
+            verify=args.verify,
             checkpoint_interval=duration(args.interval),
             sim=colo_pb2.SimDomainSpec(
                 pages=args.pages,
@@ -142,12 +212,15 @@ def run(args: argparse.Namespace) -> int:
                 pattern=colo_pb2.SIM_PATTERN_HOT_SET,
                 hot_pages=args.pages // 8,
                 hot_percent=80,
+                divergence_probability=args.divergence,
             ),
         )
         stub.ProtectDomain(
             colo_pb2.ProtectDomainRequest(spec=spec, primary_host="host-a", wait=True), timeout=60
         )
-        timeline.add("protected: first boot done")
+        timeline.add("protected: first boot done; clients start")
+        load = Load(coordinator.grpc, args.clients)
+        load.start()
         start, killed_at, promoted_at, reprotected_at = time.monotonic(), 0.0, 0.0, 0.0
         victim = ""
         while (elapsed := time.monotonic() - start) < args.seconds:
@@ -157,14 +230,14 @@ def run(args: argparse.Namespace) -> int:
                 agents[victim].kill()
                 killed_at = time.monotonic()
                 timeline.add(f"kill -9 {victim} (the primary)")
-            elif killed_at and not promoted_at and pair.primary_host != victim:
-                promoted_at = time.monotonic()
-            elif promoted_at and not reprotected_at and pair.state == colo_pb2.PAIR_STATE_PROTECTED:
-                reprotected_at = time.monotonic()
+            promoted_at = timeline.marks.get("promoted", 0.0)
+            reprotected_at = timeline.marks.get("reprotected", 0.0)
             note = "" if not killed_at else f"(killed {victim} at t={killed_at - start:.1f}s)"
-            view = _render(pair, _figures(agents), timeline, elapsed, note)
+            view = _render(pair, _figures(agents), load=load, timeline=timeline, elapsed=elapsed, note=note)
             print(("\x1b[H\x1b[2J" + view) if tty else view + "\n", flush=True)
             time.sleep(0.5 if tty else 2.0)
+        print("\nstopping the clients and reading every acknowledged write back ...", flush=True)
+        report = load.finish()
         pair = stub.GetPair(colo_pb2.GetPairRequest(domain=DOMAIN), timeout=5).pair
         fig = _figures(agents)
         print("\nsummary")
@@ -176,13 +249,27 @@ def run(args: argparse.Namespace) -> int:
             print(f"  failover: secondary promoted {promoted_at - killed_at:.2f} s after kill -9 of {victim}")
         if reprotected_at:
             print(f"  re-protected {reprotected_at - killed_at:.2f} s after the kill")
-        print(f"  checkpoints verified {int(fig['verified'])}, verify failures {int(fig['verify_failed'])}")
-        ok = bool(promoted_at and reprotected_at and fig["verify_failed"] == 0)
+        if args.verify:
+            print(
+                f"  checkpoints verified {int(fig['verified'])}, verify failures {int(fig['verify_failed'])}"
+            )
+        clean = False
+        if report is not None:
+            print(
+                f"  clients: {report.ops} ops, {report.acknowledged_writes} acknowledged writes, "
+                f"{report.reconnects} reconnects after the failover"
+            )
+            print(f"  acknowledged writes lost = {report.acknowledged_writes_lost}")
+            print(f"  reads of values never written = {report.reads_of_values_never_written}")
+            clean = report.acknowledged_writes_lost == 0 and report.reads_of_values_never_written == 0
+        ok = bool(promoted_at and reprotected_at and clean and fig["verify_failed"] == 0)
         print("  result: " + ("OK" if ok else "NOT OK (see the logs in " + str(workdir) + ")"))
         channel.close()
         return 0 if ok else 1
     finally:
         stop.set()
+        if load is not None:
+            load.finish()
         cluster.stop_all()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -194,4 +281,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pages", type=int, default=16384, help="guest memory in pages (default 64 MiB)")
     parser.add_argument("--dirty-rate", type=int, default=20_000, help="pages the guest dirties per second")
     parser.add_argument("--interval", type=float, default=0.5, help="checkpoint interval in seconds")
+    parser.add_argument("--divergence", type=float, default=0.02, help="share of guest replies that diverge")
+    parser.add_argument("--clients", type=int, default=8, help="loadgen clients")
+    parser.add_argument(
+        "--verify", action="store_true", help="verify mode (hash both sides every checkpoint)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")

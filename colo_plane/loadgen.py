@@ -196,8 +196,17 @@ class Report:
     errors: list[str]
 
 
-async def run(resolve: Resolve, *, clients: int, seconds: float, stop: asyncio.Event | None = None) -> Report:
-    ledger = Ledger()
+async def run(
+    resolve: Resolve,
+    *,
+    clients: int,
+    seconds: float,
+    stop: asyncio.Event | None = None,
+    ledger: Ledger | None = None,
+) -> Report:
+    """Runs the clients for seconds (or until stop), then the check; pass a
+    ledger to watch progress while it runs."""
+    ledger = ledger if ledger is not None else Ledger()
     stop = stop or asyncio.Event()
     run_id = os.urandom(3).hex()
     start = time.monotonic()
