@@ -66,12 +66,11 @@ class SecondaryLoop:
     # -- helpers -------------------------------------------------------------
 
     def _sync(self, control_id: ControlId, epoch: int, stats: Stats, verify: Verify | None = None) -> None:
+        sent = now_ns()  # before the write: the peer may act on it at once
         self._writer.control(control_id, self.generation, epoch)
         metrics.SYNC_POINTS.labels(control_id.name).inc()
         self.sink(
-            SyncPoint(
-                self.domain, self.generation, epoch, control_id, Role.SECONDARY, now_ns(), stats, verify
-            )
+            SyncPoint(self.domain, self.generation, epoch, control_id, Role.SECONDARY, sent, stats, verify)
         )
 
     def _digest(self) -> Verify:

@@ -20,7 +20,7 @@ from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.localcluster import LocalCluster, Process
 from colo_plane.rpc import duration
 
-pytestmark = [pytest.mark.system, pytest.mark.skip(reason="lead: enabled once the coordinator is integrated")]
+pytestmark = pytest.mark.system
 
 HOSTS = ("host-a", "host-b", "host-c")
 
@@ -140,7 +140,7 @@ def test_held_replies_are_released_only_after_their_checkpoint_resumed(cluster: 
     thread.join(timeout=60)
     assert out[0].acknowledged_writes_lost == 0
     resumed = {
-        ev.epoch: ev.monotonic_ns
+        ev.epoch: (ev.monotonic_ns, ev.stats.last_seq)
         for ev in _history(cluster, "web")
         if ev.kind == colo_pb2.EVENT_KIND_SYNC_POINT
         and ev.control_id == colo_pb2.CONTROL_ID_SECONDARY_RESUMED
@@ -153,4 +153,7 @@ def test_held_replies_are_released_only_after_their_checkpoint_resumed(cluster: 
     ]
     assert len(released) >= 5, "10 % divergence held and released replies"
     for seq, epoch, t_release in released:
-        assert held[seq] < resumed[epoch] < t_release, (seq, epoch)
+        t_resumed, covered = resumed[epoch]
+        assert t_resumed < t_release, (seq, epoch)  # never before SECONDARY_RESUMED
+        assert covered >= seq, (seq, epoch)  # and by a checkpoint whose state holds the request
+        assert held[seq] < t_release
