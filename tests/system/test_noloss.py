@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from colo_plane import loadgen
+from colo_plane import loadgen, promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.localcluster import LocalCluster, Process
 from colo_plane.rpc import duration
@@ -157,3 +157,21 @@ def test_held_replies_are_released_only_after_their_checkpoint_resumed(cluster: 
         assert t_resumed < t_release, (seq, epoch)  # never before SECONDARY_RESUMED
         assert covered >= seq, (seq, epoch)  # and by a checkpoint whose state holds the request
         assert held[seq] < t_release
+
+
+@pytest.mark.parametrize(("divergence", "expect_requests"), [(0.0, False), (0.10, True)])
+def test_divergence_drives_checkpoints(cluster: Cluster, divergence: float, expect_requests: bool) -> None:
+    """Probability 0: only timer checkpoints; 10 %: the proxy's requests drive
+    checkpoints too (from the coordinator's metrics)."""
+    cluster.protect("web", divergence=divergence, interval=0.5)
+    thread, out = _loadgen_in_thread(cluster.coordinator.grpc, "web", seconds=3.0)
+    thread.join(timeout=60)
+    assert out[0].acknowledged_writes_lost == 0
+    text = promtext.scrape(cluster.coordinator.info["metrics"])
+    timer = promtext.total([text], "colo_checkpoints_total", trigger="timer")
+    requested = promtext.total([text], "colo_checkpoints_total", trigger="request")
+    if expect_requests:
+        assert requested >= 10  # and these keep the timer from firing: it is a maximum interval
+    else:
+        assert requested == 0
+        assert timer >= 3  # 3 s at one every 0.5 s
