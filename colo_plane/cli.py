@@ -151,6 +151,12 @@ def _parser() -> argparse.ArgumentParser:
     bfo.add_argument("--trials", type=int, default=10)
     bfo.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bfo.set_defaults(func=_cmd_bench_failover)
+
+    from colo_plane.bench import control as bench_control
+    from colo_plane.client import commands as client_commands
+
+    client_commands.register(sub)  # colo coordinator, protect, unprotect, pairs, pair, agents, ...
+    bench_control.register(bench_sub)
     return parser
 
 

@@ -108,19 +108,19 @@ GRPC_HANDLING = Histogram(
 # ---- coordinator ----------------------------------------------------------------
 
 # 50 us .. 10 s: control-path latencies (request -> issued is sub-millisecond).
-CONTROL_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-)
+CONTROL_BUCKETS = (0.00005, *MS_BUCKETS)
 PAIRS = Gauge("colo_pairs", "Pairs the coordinator manages, by state", ["state"])
 COORD_CHECKPOINTS = Counter(
     "colo_checkpoints_total", "Checkpoints completed (SECONDARY_RESUMED), by trigger", ["trigger"]
 )
 COORD_CHECKPOINTS_FAILED = Counter(
-    "colo_checkpoints_failed_total", "Checkpoints that failed or missed their deadline, by trigger", ["trigger"]
+    "colo_checkpoints_failed_total",
+    "Checkpoints that failed or missed their deadline, by trigger",
+    ["trigger"],
 )
 CHECKPOINT_REQUESTS = Counter(
-    "colo_checkpoint_requests_total", "Checkpoint requests received (RequestCheckpoint, Checkpoint)",
+    "colo_checkpoint_requests_total",
+    "Checkpoint requests received (RequestCheckpoint, Checkpoint)",
     ["trigger", "coalesced"],
 )
 FAILOVERS = Counter("colo_failovers_total", "Failovers and role losses, by cause", ["cause"])
@@ -129,7 +129,8 @@ AGENTS_KNOWN = Gauge("colo_agents", "Agents the coordinator knows, alive or not"
 REQUEST_TO_ISSUE = Histogram(
     "colo_checkpoint_request_to_issue_seconds",
     "Control path: checkpoint wanted (request, on-demand call, timer) to Agent.Checkpoint sent",
-    ["trigger"], buckets=CONTROL_BUCKETS,
+    ["trigger"],
+    buckets=CONTROL_BUCKETS,
 )
 ISSUE_TO_RESUMED = Histogram(
     "colo_checkpoint_issue_to_resumed_seconds",

@@ -26,6 +26,7 @@ from colo_plane.coordinator.settings import Settings
 from colo_plane.rpc import duration
 
 RPC_TIMEOUT = 5.0
+LOAD_TAIL = 0.2
 SINGLE_GAP = 0.002  # between single-pair requests: each one meets an idle coordinator
 
 
@@ -51,14 +52,19 @@ class FakeAgent(colo_pb2_grpc.AgentServicer):  # type: ignore[misc]
         self.checkpoints = 0
 
     async def PrepareSecondary(self, request: Any, context: Any) -> colo_pb2.PrepareSecondaryResponse:  # noqa: N802
-        return colo_pb2.PrepareSecondaryResponse(domain=request.domain, generation=request.generation,
-                                                 epoch=request.epoch, data_address="127.0.0.1:9")
+        return colo_pb2.PrepareSecondaryResponse(
+            domain=request.domain,
+            generation=request.generation,
+            epoch=request.epoch,
+            data_address="127.0.0.1:9",
+        )
 
     async def StartPrimary(self, request: Any, context: Any) -> colo_pb2.StartPrimaryResponse:  # noqa: N802
         host = request.domain.split(".", 1)[1]  # vmNNNNN.<primary host>
         self.primaries[request.domain] = Primary(request.domain, host, request.generation)
-        return colo_pb2.StartPrimaryResponse(domain=request.domain, generation=request.generation,
-                                             epoch=request.epoch)
+        return colo_pb2.StartPrimaryResponse(
+            domain=request.domain, generation=request.generation, epoch=request.epoch
+        )
 
     async def Checkpoint(self, request: Any, context: Any) -> colo_pb2.AgentCheckpointResponse:  # noqa: N802
         now = time.perf_counter()
@@ -69,8 +75,9 @@ class FakeAgent(colo_pb2_grpc.AgentServicer):  # type: ignore[misc]
             p.sent = 0.0
             p.epoch = request.epoch
             p.arrived.set()
-        return colo_pb2.AgentCheckpointResponse(domain=request.domain, generation=request.generation,
-                                                epoch=request.epoch)
+        return colo_pb2.AgentCheckpointResponse(
+            domain=request.domain, generation=request.generation, epoch=request.epoch
+        )
 
     async def Release(self, request: Any, context: Any) -> colo_pb2.ReleaseResponse:  # noqa: N802
         return colo_pb2.ReleaseResponse(domain=request.domain, generation=request.generation)
@@ -87,17 +94,33 @@ async def _fake_main(conn: Connection, coordinator: str, hosts: list[str], label
     incarnations = {h: uuid.uuid4().hex for h in hosts}
     interval = 1.0
     for h in hosts:
-        reply = await stub.RegisterAgent(colo_pb2.RegisterAgentRequest(
-            host_id=h, incarnation=incarnations[h], grpc_address=address, data_address="127.0.0.1:9",
-            service_host="127.0.0.1", labels={**labels, "rack": h}, backends=["sim"], version=__version__),
-            timeout=RPC_TIMEOUT)
+        reply = await stub.RegisterAgent(
+            colo_pb2.RegisterAgentRequest(
+                host_id=h,
+                incarnation=incarnations[h],
+                grpc_address=address,
+                data_address="127.0.0.1:9",
+                service_host="127.0.0.1",
+                labels={**labels, "rack": h},
+                backends=["sim"],
+                version=__version__,
+            ),
+            timeout=RPC_TIMEOUT,
+        )
         interval = reply.heartbeat_interval.ToNanoseconds() / 1e9
 
     async def heartbeats() -> None:
         while True:
             await asyncio.sleep(interval)
-            await asyncio.gather(*(stub.Heartbeat(colo_pb2.HeartbeatRequest(host_id=h, incarnation=incarnations[h]),
-                                                  timeout=RPC_TIMEOUT) for h in hosts), return_exceptions=True)
+            await asyncio.gather(
+                *(
+                    stub.Heartbeat(
+                        colo_pb2.HeartbeatRequest(host_id=h, incarnation=incarnations[h]), timeout=RPC_TIMEOUT
+                    )
+                    for h in hosts
+                ),
+                return_exceptions=True,
+            )
 
     beat = asyncio.create_task(heartbeats())
     loop = asyncio.get_running_loop()
@@ -105,9 +128,16 @@ async def _fake_main(conn: Connection, coordinator: str, hosts: list[str], label
     def request(p: Primary) -> Any:
         p.sent = time.perf_counter()
         p.arrived.clear()
-        return stub.RequestCheckpoint(colo_pb2.RequestCheckpointRequest(
-            domain=p.domain, generation=p.generation, epoch=p.epoch, host_id=p.host_id,
-            reason=colo_pb2.CHECKPOINT_REQUEST_REASON_OUTPUT_MISMATCH), timeout=RPC_TIMEOUT)
+        return stub.RequestCheckpoint(
+            colo_pb2.RequestCheckpointRequest(
+                domain=p.domain,
+                generation=p.generation,
+                epoch=p.epoch,
+                host_id=p.host_id,
+                reason=colo_pb2.CHECKPOINT_REQUEST_REASON_OUTPUT_MISMATCH,
+            ),
+            timeout=RPC_TIMEOUT,
+        )
 
     async def single(domain: str, count: int) -> list[float]:
         p = agent.primaries[domain]
@@ -121,6 +151,7 @@ async def _fake_main(conn: Connection, coordinator: str, hosts: list[str], label
     async def load(seconds: float, rate: float) -> dict[str, Any]:
         agent.latencies.clear()
         start_checkpoints = agent.checkpoints
+        cpu0 = time.process_time()
         period = 1.0 / rate
         prims = list(agent.primaries.values())
         errors = 0
@@ -139,9 +170,14 @@ async def _fake_main(conn: Connection, coordinator: str, hosts: list[str], label
 
         n = max(len(prims), 1)
         await asyncio.gather(*(one(p, period * i / n) for i, p in enumerate(prims)))
-        await asyncio.sleep(0.2)  # the last checkpoints arrive
-        return {"latencies": list(agent.latencies), "checkpoints": agent.checkpoints - start_checkpoints,
-                "errors": errors, "primaries": len(prims)}
+        await asyncio.sleep(LOAD_TAIL)  # the last checkpoints arrive
+        return {
+            "latencies": list(agent.latencies),
+            "checkpoints": agent.checkpoints - start_checkpoints,
+            "errors": errors,
+            "primaries": len(prims),
+            "cpu_s": time.process_time() - cpu0,
+        }
 
     conn.send(("ready", address))
     while True:
@@ -191,15 +227,18 @@ class Results:
     single_e2e_p50_ms: float
     single_e2e_p99_ms: float
     protect_s: float
+    coordinator_cpu_pct: float  # CPU of the coordinator's process during the load, % of one core
+    fake_agent_cpu_pct: float  # the same, per fake-agent process
     goals: dict[str, bool]
 
 
-async def _run(pairs: int, rate: float, seconds: float, hosts: int, procs: int, single: int) -> Results:
+async def _run(*, pairs: int, rate: float, seconds: float, hosts: int, procs: int, single: int) -> Results:
     workdir = Path(tempfile.mkdtemp(prefix="colo-bench-control-"))
     # Heartbeats every second and no timer checkpoints: the control path
     # measured is the request path alone.
-    settings = Settings(heartbeat_interval=1.0, heartbeat_timeout=10.0, checkpoint_interval=3600.0,
-                        flush_interval=0.5)
+    settings = Settings(
+        heartbeat_interval=1.0, heartbeat_timeout=10.0, checkpoint_interval=3600.0, flush_interval=0.5
+    )
     running = await coordinator_server.start(str(workdir / "colo.db"), "127.0.0.1:0", settings)
     core = running.core
     ctx = mp.get_context("spawn")
@@ -209,8 +248,11 @@ async def _run(pairs: int, rate: float, seconds: float, hosts: int, procs: int, 
     try:
         for i in range(procs):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_fake_process, args=(child, running.address, names[i::procs],
-                                                           {"zone": f"z{i}"}), daemon=True)
+            proc = ctx.Process(
+                target=_fake_process,
+                args=(child, running.address, names[i::procs], {"zone": f"z{i}"}),
+                daemon=True,
+            )
             proc.start()
             workers.append((proc, parent))
         for _, conn in workers:
@@ -221,10 +263,14 @@ async def _run(pairs: int, rate: float, seconds: float, hosts: int, procs: int, 
         t0 = time.perf_counter()
         for i in range(pairs):
             primary = names[i % hosts]
-            spec = colo_pb2.DomainSpec(domain=f"vm{i:05d}.{primary}", sim=colo_pb2.SimDomainSpec(pages=1024),
-                                       checkpoint_interval=duration(3600.0))
-            await stub.ProtectDomain(colo_pb2.ProtectDomainRequest(spec=spec, primary_host=primary),
-                                     timeout=RPC_TIMEOUT)
+            spec = colo_pb2.DomainSpec(
+                domain=f"vm{i:05d}.{primary}",
+                sim=colo_pb2.SimDomainSpec(pages=1024),
+                checkpoint_interval=duration(3600.0),
+            )
+            await stub.ProtectDomain(
+                colo_pb2.ProtectDomainRequest(spec=spec, primary_host=primary), timeout=RPC_TIMEOUT
+            )
         while sum(1 for r in core.machine.pairs.values() if r.state == colo_pb2.PAIR_STATE_PROTECTED) < pairs:
             await asyncio.sleep(0.05)
         protect_s = time.perf_counter() - t0
@@ -242,9 +288,11 @@ async def _run(pairs: int, rate: float, seconds: float, hosts: int, procs: int, 
         core.driver.samples = []
         for _, conn in workers:
             conn.send(("load", seconds, rate))
-        t1 = time.perf_counter()
+        t1, cpu1 = time.perf_counter(), time.process_time()
         loads = [await loop.run_in_executor(None, conn.recv) for _, conn in workers]
-        elapsed = time.perf_counter() - t1
+        elapsed = time.perf_counter() - t1 - LOAD_TAIL
+        coordinator_cpu = (time.process_time() - cpu1) / elapsed
+        fake_cpu = sum(r["cpu_s"] for r in loads) / elapsed / len(loads)
         load_issue = core.driver.samples
         core.driver.samples = None
         load_e2e = [x for r in loads for x in r["latencies"]]
@@ -260,26 +308,45 @@ async def _run(pairs: int, rate: float, seconds: float, hosts: int, procs: int, 
         await running.stop(0.5)
     ms = 1e3
     res = Results(
-        pairs=pairs, rate_per_pair=rate, duration_s=round(elapsed, 2),
-        checkpoints_per_s=round(checkpoints / seconds, 1), target_per_s=pairs * rate, request_errors=errors,
-        load_issue_p50_ms=_pct(load_issue, 0.5) * ms, load_issue_p99_ms=_pct(load_issue, 0.99) * ms,
-        load_e2e_p50_ms=_pct(load_e2e, 0.5) * ms, load_e2e_p99_ms=_pct(load_e2e, 0.99) * ms,
+        pairs=pairs,
+        rate_per_pair=rate,
+        duration_s=round(elapsed, 2),
+        checkpoints_per_s=round(checkpoints / elapsed, 1),
+        target_per_s=pairs * rate,
+        request_errors=errors,
+        load_issue_p50_ms=_pct(load_issue, 0.5) * ms,
+        load_issue_p99_ms=_pct(load_issue, 0.99) * ms,
+        load_e2e_p50_ms=_pct(load_e2e, 0.5) * ms,
+        load_e2e_p99_ms=_pct(load_e2e, 0.99) * ms,
         single_samples=len(single_issue),
-        single_issue_p50_ms=_pct(single_issue, 0.5) * ms, single_issue_p99_ms=_pct(single_issue, 0.99) * ms,
-        single_e2e_p50_ms=_pct(single_e2e, 0.5) * ms, single_e2e_p99_ms=_pct(single_e2e, 0.99) * ms,
-        protect_s=round(protect_s, 2), goals={},
+        single_issue_p50_ms=_pct(single_issue, 0.5) * ms,
+        single_issue_p99_ms=_pct(single_issue, 0.99) * ms,
+        single_e2e_p50_ms=_pct(single_e2e, 0.5) * ms,
+        single_e2e_p99_ms=_pct(single_e2e, 0.99) * ms,
+        protect_s=round(protect_s, 2),
+        coordinator_cpu_pct=round(coordinator_cpu * 100, 1),
+        fake_agent_cpu_pct=round(fake_cpu * 100, 1),
+        goals={},
     )
     res.goals = {
-        "load_p99_le_50ms": res.load_issue_p99_ms <= 50.0 and res.checkpoints_per_s >= 0.95 * res.target_per_s,
+        "load_p99_le_50ms": res.load_issue_p99_ms <= 50.0
+        and res.checkpoints_per_s >= 0.95 * res.target_per_s,
         "single_p50_le_1ms": res.single_issue_p50_ms <= 1.0,
         "single_p99_le_5ms": res.single_issue_p99_ms <= 5.0,
     }
     return res
 
 
-def run(*, pairs: int = 1000, rate: float = 1.0, seconds: float = 30.0, hosts: int = 20, procs: int = 2,
-        single: int = 2000) -> Results:
-    return asyncio.run(_run(pairs, rate, seconds, hosts, procs, single))
+def run(
+    *,
+    pairs: int = 1000,
+    rate: float = 1.0,
+    seconds: float = 30.0,
+    hosts: int = 20,
+    procs: int = 2,
+    single: int = 2000,
+) -> Results:
+    return asyncio.run(_run(pairs=pairs, rate=rate, seconds=seconds, hosts=hosts, procs=procs, single=single))
 
 
 def as_json(res: Results) -> dict[str, Any]:
@@ -295,20 +362,26 @@ def render(res: Results) -> str:
         return "ok" if flag else "MISSED"
 
     g = res.goals
-    return "\n".join([
-        f"colo bench control: {res.pairs} pairs at {res.rate_per_pair:g} checkpoint/s each for {res.duration_s} s "
-        f"(protected in {res.protect_s} s)",
-        f"  achieved           {res.checkpoints_per_s:.1f} checkpoints/s (target {res.target_per_s:g}), "
-        f"{res.request_errors} request errors",
-        f"  request -> issued  p50 {res.load_issue_p50_ms:.3f} ms  p99 {res.load_issue_p99_ms:.3f} ms  "
-        f"(goal p99 <= 50 ms: {ok(g['load_p99_le_50ms'])})",
-        f"  end to end         p50 {res.load_e2e_p50_ms:.3f} ms  p99 {res.load_e2e_p99_ms:.3f} ms  "
-        "(RequestCheckpoint sent -> Agent.Checkpoint received)",
-        f"single pair, {res.single_samples} requests one at a time:",
-        f"  request -> issued  p50 {res.single_issue_p50_ms:.3f} ms  p99 {res.single_issue_p99_ms:.3f} ms  "
-        f"(goals p50 <= 1 ms: {ok(g['single_p50_le_1ms'])}, p99 <= 5 ms: {ok(g['single_p99_le_5ms'])})",
-        f"  end to end         p50 {res.single_e2e_p50_ms:.3f} ms  p99 {res.single_e2e_p99_ms:.3f} ms",
-    ])
+    return "\n".join(
+        [
+            f"colo bench control: {res.pairs} pairs at {res.rate_per_pair:g} checkpoint/s each, "
+            f"{res.duration_s} s elapsed "
+            f"(protected in {res.protect_s} s)",
+            f"  achieved           {res.checkpoints_per_s:.1f} checkpoints/s (target {res.target_per_s:g}), "
+            f"{res.request_errors} request errors",
+            f"  request -> issued  p50 {res.load_issue_p50_ms:.3f} ms  p99 {res.load_issue_p99_ms:.3f} ms  "
+            f"(goal p99 <= 50 ms: {ok(g['load_p99_le_50ms'])})",
+            f"  end to end         p50 {res.load_e2e_p50_ms:.3f} ms  p99 {res.load_e2e_p99_ms:.3f} ms  "
+            "(RequestCheckpoint sent -> Agent.Checkpoint received)",
+            f"  CPU                coordinator {res.coordinator_cpu_pct:.0f} % of a core, each fake-agent "
+            f"process {res.fake_agent_cpu_pct:.0f} %",
+            f"single pair, {res.single_samples} requests one at a time:",
+            f"  request -> issued  p50 {res.single_issue_p50_ms:.3f} ms  "
+            f"p99 {res.single_issue_p99_ms:.3f} ms  "
+            f"(goals p50 <= 1 ms: {ok(g['single_p50_le_1ms'])}, p99 <= 5 ms: {ok(g['single_p99_le_5ms'])})",
+            f"  end to end         p50 {res.single_e2e_p50_ms:.3f} ms  p99 {res.single_e2e_p99_ms:.3f} ms",
+        ]
+    )
 
 
 def register(bench_sub: Any) -> None:
@@ -327,8 +400,13 @@ def register(bench_sub: Any) -> None:
 def _cmd(args: Any) -> int:
     import json
 
-    res = run(pairs=args.pairs, rate=args.rate, seconds=args.duration, hosts=args.hosts, procs=args.procs,
-              single=args.single)
+    res = run(
+        pairs=args.pairs,
+        rate=args.rate,
+        seconds=args.duration,
+        hosts=args.hosts,
+        procs=args.procs,
+        single=args.single,
+    )
     print(json.dumps(as_json(res)) if args.json else render(res))
     return 0
-

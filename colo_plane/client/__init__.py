@@ -1,0 +1,1 @@
+"""The `colo` client commands: talk to the coordinator, print tables or JSON."""

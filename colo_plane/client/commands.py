@@ -1,0 +1,337 @@
+"""The `colo` client commands against the coordinator (protect, unprotect,
+pairs, pair, agents, checkpoint, failover, drain, watch) and the
+`colo coordinator` daemon.  Exit codes: 0 ok, 1 the coordinator said no
+(its message on stderr), 2 usage, 3 coordinator unreachable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from colo_plane._proto import colo_pb2, colo_pb2_grpc
+from colo_plane.client import render
+from colo_plane.rpc import duration
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_COORDINATOR = "127.0.0.1:7000"
+CONNECT_TIMEOUT = 3.0
+
+Command = Callable[[colo_pb2_grpc.CoordinatorStub, argparse.Namespace], int]
+
+
+def _out(args: argparse.Namespace, message: Any, text: str) -> int:
+    print(render.as_json(message) if args.json else text)
+    return EXIT_OK
+
+
+def _run(command: Command) -> Callable[[argparse.Namespace], int]:
+    """Connects, runs the command, and maps failures to exit codes."""
+
+    def run(args: argparse.Namespace) -> int:
+        with grpc.insecure_channel(args.coordinator) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
+            except grpc.FutureTimeoutError:
+                print(
+                    f"colo: cannot reach the coordinator at {args.coordinator} "
+                    f"(waited {CONNECT_TIMEOUT:.0f} s): "
+                    "is `colo coordinator` running there? (--coordinator or $COLO_COORDINATOR)",
+                    file=sys.stderr,
+                )
+                return EXIT_UNREACHABLE
+            try:
+                return command(colo_pb2_grpc.CoordinatorStub(channel), args)
+            except grpc.RpcError as exc:
+                code: grpc.StatusCode = exc.code()
+                details: str = exc.details() or ""
+                if code == grpc.StatusCode.UNAVAILABLE and not details.strip():
+                    print(f"colo: lost the coordinator at {args.coordinator}", file=sys.stderr)
+                    return EXIT_UNREACHABLE
+                print(f"colo: {code.name}: {details}", file=sys.stderr)
+                return EXIT_REFUSED
+            except KeyboardInterrupt:
+                return 130
+
+    return run
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def _protect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    spec = colo_pb2.DomainSpec(
+        domain=args.domain,
+        verify=args.verify,
+        sim=colo_pb2.SimDomainSpec(
+            pages=args.pages,
+            dirty_rate=args.dirty_rate,
+            seed=args.seed,
+            divergence_probability=args.divergence,
+            pattern=colo_pb2.SIM_PATTERN_HOT_SET if args.hot_pages else colo_pb2.SIM_PATTERN_UNIFORM,
+            hot_pages=args.hot_pages,
+            hot_percent=args.hot_percent,
+        ),
+    )
+    if args.interval:
+        spec.checkpoint_interval.CopyFrom(duration(args.interval))
+    if args.checkpoint_timeout:
+        spec.checkpoint_timeout.CopyFrom(duration(args.checkpoint_timeout))
+    resp = stub.ProtectDomain(
+        colo_pb2.ProtectDomainRequest(
+            spec=spec, primary_host=args.primary, secondary_host=args.secondary or "", wait=args.wait
+        ),
+        timeout=args.timeout if not args.wait else max(args.timeout, 130.0),
+    )
+    p = resp.pair
+    return _out(
+        args,
+        resp.pair,
+        f"{p.domain}: {render.state(p.state)} at generation {p.generation}, primary "
+        f"{p.primary_host}, secondary {p.secondary_host or '-'}",
+    )
+
+
+def _unprotect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    resp = stub.UnprotectDomain(
+        colo_pb2.UnprotectDomainRequest(domain=args.domain, stop_domain=args.stop_domain),
+        timeout=args.timeout,
+    )
+    return _out(args, resp.pair, f"{resp.pair.domain}: {render.state(resp.pair.state)}")
+
+
+def _pairs(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    states = ["PAIR_STATE_" + s.upper() for s in args.state]
+    resp = stub.ListPairs(
+        colo_pb2.ListPairsRequest(states=states, host_id=args.host or "", include_stopped=args.all),
+        timeout=args.timeout,
+    )
+    return _out(args, resp, render.pairs(resp.pairs))
+
+
+def _pair(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    resp = stub.GetPair(colo_pb2.GetPairRequest(domain=args.domain), timeout=args.timeout)
+    return _out(args, resp.pair, render.pair(resp.pair))
+
+
+def _agents(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    resp = stub.ListAgents(colo_pb2.ListAgentsRequest(alive_only=args.alive), timeout=args.timeout)
+    return _out(args, resp, render.agents(resp.agents))
+
+
+def _checkpoint(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    resp = stub.Checkpoint(
+        colo_pb2.CoordinatorCheckpointRequest(domain=args.domain, wait=args.wait), timeout=args.timeout
+    )
+    text = f"{resp.domain}: checkpoint {resp.epoch} " + ("done" if args.wait else "scheduled")
+    if resp.coalesced:
+        text += " (joined one already scheduled)"
+    if args.wait:
+        s = resp.stats
+        verify = render._enum(colo_pb2.VerifyOutcome, resp.verify.outcome, "VERIFY_OUTCOME_").lower()
+        text += f": {s.pages} pages, paused {s.pause_ns / 1e6:.2f} ms, verify {verify}"
+    return _out(args, resp, text)
+
+
+def _failover(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    resp = stub.Failover(
+        colo_pb2.FailoverRequest(
+            domain=args.domain,
+            expected_generation=args.expected_generation,
+            new_secondary_host=args.new_secondary or "",
+        ),
+        timeout=max(args.timeout, 30.0),
+    )
+    p = resp.pair
+    return _out(
+        args,
+        p,
+        f"{p.domain}: {p.primary_host} is primary at generation {p.generation} "
+        f"({render.state(p.state)}; re-protection follows)",
+    )
+
+
+def _drain(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    resp = stub.DrainHost(
+        colo_pb2.DrainHostRequest(host_id=args.host, cancel=args.cancel, wait=args.wait),
+        timeout=max(args.timeout, 130.0) if args.wait else args.timeout,
+    )
+    if args.cancel:
+        return _out(args, resp, f"{resp.host_id}: takes roles again")
+    code = _out(args, resp, render.drain(resp))
+    return EXIT_REFUSED if any(m.error for m in resp.moves) else code
+
+
+def _watch(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    kinds = ["EVENT_KIND_" + k.upper() for k in args.kind]
+    stream = stub.WatchEvents(
+        colo_pb2.WatchEventsRequest(
+            domain=args.domain or "", history=args.history, after_sequence=args.after, kinds=kinds
+        ),
+        timeout=args.for_seconds or None,
+    )
+    try:
+        for item in stream:
+            print(render.as_json(item.event) if args.json else render.event(item.event), flush=True)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and args.for_seconds:
+            return EXIT_OK
+        raise
+    return EXIT_OK
+
+
+# -- argument parsing -------------------------------------------------------------------
+
+
+def _state_names() -> list[str]:
+    return [
+        n.removeprefix("PAIR_STATE_").lower()
+        for n in colo_pb2.PairState.keys()  # noqa: SIM118 (an EnumTypeWrapper)
+        if not n.endswith("UNSPECIFIED")
+    ]
+
+
+def _kind_names() -> list[str]:
+    return [
+        n.removeprefix("EVENT_KIND_").lower()
+        for n in colo_pb2.EventKind.keys()  # noqa: SIM118 (an EnumTypeWrapper)
+        if not n.endswith("UNSPECIFIED")
+    ]
+
+
+def _client(sub: Any, name: str, help_text: str, command: Command) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    p.add_argument(
+        "--coordinator",
+        default=os.environ.get("COLO_COORDINATOR", DEFAULT_COORDINATOR),
+        help="the coordinator's gRPC address (default $COLO_COORDINATOR or %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON (the proto's JSON mapping) for scripts")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of the call")
+    p.set_defaults(func=_run(command))
+    return p
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be within 0.0..1.0")
+    return value
+
+
+def register(sub: Any) -> None:
+    """Adds the coordinator daemon and the client commands to `colo`."""
+    from colo_plane.coordinator.server import add_arguments as coordinator_arguments
+
+    daemon = sub.add_parser("coordinator", help="run the coordinator daemon")
+    coordinator_arguments(daemon)
+    daemon.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    daemon.add_argument("--log-format", default="text", choices=["text", "json"])
+    daemon.set_defaults(func=_cmd_coordinator)
+
+    p = _client(
+        sub, "protect", "protect a domain (sim backend): place a secondary, first boot, checkpoints", _protect
+    )
+    p.add_argument("domain")
+    p.add_argument("--primary", required=True, metavar="HOST", help="host that runs the domain")
+    p.add_argument("--secondary", metavar="HOST", help="host for the secondary (default: placed)")
+    p.add_argument(
+        "--pages", type=int, default=1024, help="guest memory in 4 KiB pages (default %(default)s)"
+    )
+    p.add_argument("--dirty-rate", type=int, default=1000, help="pages the guest writes per second")
+    p.add_argument("--hot-pages", type=int, default=0, help="hot-set size (pattern hot_set when > 0)")
+    p.add_argument("--hot-percent", type=int, default=90, help="share of writes to the hot set")
+    p.add_argument("--seed", type=int, default=0, help="the guest's random seed (0: random)")
+    p.add_argument(
+        "--divergence",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="probability a reply carries a nondeterministic field",
+    )
+    p.add_argument("--verify", action="store_true", help="verify mode: hash both sides after each checkpoint")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="max time between checkpoints (default: the coordinator's, 5 s)",
+    )
+    p.add_argument(
+        "--checkpoint-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="checkpoint deadline (default: the coordinator's)",
+    )
+    p.add_argument("--wait", action="store_true", help="return when PROTECTED (the first boot is done)")
+
+    p = _client(
+        sub,
+        "unprotect",
+        "stop protecting a domain (the guest keeps running unless --stop-domain)",
+        _unprotect,
+    )
+    p.add_argument("domain")
+    p.add_argument("--stop-domain", action="store_true", help="also stop and free the guest on the primary")
+
+    p = _client(sub, "pairs", "list pairs", _pairs)
+    p.add_argument("--state", action="append", default=[], choices=_state_names(), help="only these states")
+    p.add_argument("--host", help="only pairs with a role on this host")
+    p.add_argument("--all", action="store_true", help="include STOPPED pairs")
+
+    p = _client(sub, "pair", "show one pair", _pair)
+    p.add_argument("domain")
+
+    p = _client(sub, "agents", "list agents", _agents)
+    p.add_argument("--alive", action="store_true", help="only agents that are alive")
+
+    p = _client(sub, "checkpoint", "checkpoint a pair now (trigger manual)", _checkpoint)
+    p.add_argument("domain")
+    p.add_argument("--wait", action="store_true", help="return when it completed, with its figures")
+
+    p = _client(sub, "failover", "planned switchover: the secondary becomes primary, nothing lost", _failover)
+    p.add_argument("domain")
+    p.add_argument(
+        "--expected-generation",
+        type=int,
+        default=0,
+        metavar="N",
+        help="refuse unless the pair is at this generation",
+    )
+    p.add_argument("--new-secondary", metavar="HOST", help="new secondary (default: the old primary's host)")
+
+    p = _client(sub, "drain", "move every role off a host (maintenance)", _drain)
+    p.add_argument("host")
+    p.add_argument("--cancel", action="store_true", help="stop draining: the host takes roles again")
+    p.add_argument("--wait", action="store_true", help="return when the host holds no role")
+
+    p = _client(sub, "watch", "follow the coordinator's events", _watch)
+    p.add_argument("--domain", help="only this pair's events")
+    p.add_argument("--history", type=int, default=0, metavar="N", help="replay the last N events first")
+    p.add_argument(
+        "--after", type=int, default=0, metavar="SEQ", help="replay every event after sequence SEQ"
+    )
+    p.add_argument("--kind", action="append", default=[], choices=_kind_names(), help="only these kinds")
+    p.add_argument(
+        "--for",
+        dest="for_seconds",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop after this long (default: until interrupted)",
+    )
+
+
+def _cmd_coordinator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from colo_plane import logs
+    from colo_plane.coordinator import server
+
+    logs.setup(level=args.log_level, fmt=args.log_format, name="coordinator")
+    return asyncio.run(server.run(args))

@@ -1,0 +1,338 @@
+"""Checkpoint issuing: one driver task per pair issues every checkpoint of
+that pair, so there is never more than one at once.  A request (the
+primary's proxy), an on-demand call or the pair's timer each make a
+checkpoint wanted; whatever arrives while one is in flight joins the next."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from colo_plane import metrics
+from colo_plane._proto import colo_pb2
+from colo_plane.coordinator.agents import AgentRegistry
+from colo_plane.coordinator.settings import Settings
+from colo_plane.coordinator.statemachine import PROTECTED, STOPPED, PairMachine, PairRecord, trigger_name
+from colo_plane.rpc import duration, seconds
+
+log = logging.getLogger(__name__)
+
+Result = asyncio.Future[colo_pb2.AgentCheckpointResponse]
+
+# Errors after which the agent has closed the data connection: no further
+# checkpoint can work until the pair is re-protected.
+LINK_LOST = (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+class CheckpointError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@functools.cache
+def _requests(trigger: int, coalesced: bool) -> Counter:
+    return metrics.CHECKPOINT_REQUESTS.labels(trigger_name(trigger), "true" if coalesced else "false")
+
+
+@functools.cache
+def _to_issue(trigger: int) -> Histogram:
+    return metrics.REQUEST_TO_ISSUE.labels(trigger_name(trigger))
+
+
+@dataclass
+class Wanted:
+    """The next checkpoint of a pair: why, since when, and who waits for it."""
+
+    trigger: colo_pb2.CheckpointTrigger
+    since: float  # time.perf_counter() of the first request it serves
+    waiters: list[Result] = field(default_factory=list)
+    final: bool = False
+
+
+@dataclass
+class PairDriver:
+    rec: PairRecord
+    task: asyncio.Task[None] | None = None
+    wanted: Wanted | None = None
+    inflight_epoch: int = 0
+    holds: int = 0  # role changes in progress that forbid new checkpoints
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    next_timer: float = 0.0  # loop.time() when the interval passes
+    call: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None  # Agent.Checkpoint in flight
+
+
+# Called when a checkpoint shows the secondary cannot be trusted any more.
+SecondaryTrouble = Callable[[PairRecord, int, str], None]
+
+
+class CheckpointDriver:
+    def __init__(
+        self, machine: PairMachine, registry: AgentRegistry, settings: Settings, on_trouble: SecondaryTrouble
+    ) -> None:
+        self.machine = machine
+        self.registry = registry
+        self.settings = settings
+        self.on_trouble = on_trouble
+        self.on_unreachable: Callable[[str], None] | None = None
+        self.drivers: dict[str, PairDriver] = {}
+        # Optional raw samples of request -> issued (bench); the histogram always gets them.
+        self.samples: list[float] | None = None
+
+    # -- life of a driver ------------------------------------------------------------
+
+    def start(self, rec: PairRecord) -> None:
+        d = self.drivers.get(rec.domain)
+        if d is not None and d.task is not None and not d.task.done():
+            d.rec = rec
+            d.wake.set()
+            return
+        d = PairDriver(rec)
+        d.idle.set()
+        d.next_timer = asyncio.get_running_loop().time() + self.interval(rec)
+        d.task = asyncio.create_task(self._run(d), name=f"checkpoints-{rec.domain}")
+        self.drivers[rec.domain] = d
+
+    async def stop(self, domain: str) -> None:
+        d = self.drivers.pop(domain, None)
+        if d is not None and d.task is not None:
+            if d.call is not None:
+                d.call.cancel()
+            d.task.cancel()
+            await asyncio.gather(d.task, return_exceptions=True)
+            self._fail_waiters(d, grpc.StatusCode.FAILED_PRECONDITION, f"{domain} is no longer protected")
+
+    async def close(self) -> None:
+        for domain in list(self.drivers):
+            await self.stop(domain)
+
+    def poke(self, domain: str) -> None:
+        """The pair's state changed: let its driver look again."""
+        d = self.drivers.get(domain)
+        if d is not None:
+            d.wake.set()
+
+    def interval(self, rec: PairRecord) -> float:
+        return seconds(rec.pair.spec.checkpoint_interval, self.settings.checkpoint_interval)
+
+    def timeout(self, rec: PairRecord) -> float:
+        return seconds(rec.pair.spec.checkpoint_timeout, self.settings.checkpoint_timeout)
+
+    # -- wanting a checkpoint ------------------------------------------------------------
+
+    def want(
+        self, domain: str, trigger: colo_pb2.CheckpointTrigger, *, wait: bool = False, final: bool = False
+    ) -> tuple[int, bool, Result | None]:
+        """Makes a checkpoint wanted; returns (the epoch that will serve it,
+        coalesced, a future of its answer if wait)."""
+        d = self.drivers[domain]
+        coalesced = d.wanted is not None
+        if d.wanted is None:
+            d.wanted = Wanted(trigger, time.perf_counter())
+            d.wake.set()
+        d.wanted.final = d.wanted.final or final
+        future: Result | None = None
+        if wait:
+            future = asyncio.get_running_loop().create_future()
+            d.wanted.waiters.append(future)
+        _requests(trigger, coalesced).inc()
+        return d.rec.epoch_allocated + 1, coalesced, future
+
+    async def hold(self, domain: str) -> None:
+        """No new checkpoint for the pair until release(); returns once none is in flight."""
+        d = self.drivers[domain]
+        d.holds += 1
+        await d.idle.wait()
+
+    def release(self, domain: str) -> None:
+        d = self.drivers.get(domain)
+        if d is not None and d.holds:
+            d.holds -= 1
+            d.wake.set()
+
+    # -- the driver ------------------------------------------------------------------
+
+    def _ready(self, d: PairDriver) -> bool:
+        rec = d.rec
+        return rec.state == PROTECTED and not d.holds and not rec.link_broken
+
+    async def _run(self, d: PairDriver) -> None:
+        loop = asyncio.get_running_loop()
+        while d.rec.state != STOPPED:
+            if d.wanted is None or not self._ready(d):
+                d.wake.clear()
+                delay = d.next_timer - loop.time()
+                if delay > 0 or not self._ready(d):
+                    try:
+                        async with asyncio.timeout(delay if delay > 0 else None):
+                            await d.wake.wait()
+                    except TimeoutError:
+                        pass
+                if not self._ready(d):
+                    # The interval restarts when the pair is protected again.
+                    d.next_timer = loop.time() + self.interval(d.rec)
+                    continue
+                if d.wanted is None and loop.time() >= d.next_timer:
+                    d.wanted = Wanted(colo_pb2.CHECKPOINT_TRIGGER_TIMER, time.perf_counter())
+                if d.wanted is None:
+                    continue
+            wanted, d.wanted = d.wanted, None
+            try:
+                await self._issue(d, wanted)
+            except Exception as exc:  # a bug must not stop the pair's checkpoints for good
+                log.exception("%s: issuing a checkpoint failed", d.rec.domain)
+                self._resolve(wanted, error=CheckpointError(grpc.StatusCode.INTERNAL, str(exc)))
+            d.next_timer = loop.time() + self.interval(d.rec)
+
+    async def issue_now(
+        self, domain: str, trigger: colo_pb2.CheckpointTrigger, *, final: bool = False
+    ) -> colo_pb2.AgentCheckpointResponse:
+        """One checkpoint issued by the caller, who holds the driver (switchover)."""
+        d = self.drivers[domain]
+        wanted = Wanted(trigger, time.perf_counter(), final=final)
+        future: Result = asyncio.get_running_loop().create_future()
+        wanted.waiters.append(future)
+        await self._issue(d, wanted)
+        return await future
+
+    async def _issue(self, d: PairDriver, wanted: Wanted) -> None:
+        rec = d.rec
+        generation, primary = rec.generation, rec.pair.primary_host
+        epoch = self.machine.allocate_epoch(rec)
+        issued = time.perf_counter()
+        waited = issued - wanted.since
+        _to_issue(wanted.trigger).observe(waited)
+        if self.samples is not None and wanted.trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST:
+            self.samples.append(waited)
+        self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
+        d.inflight_epoch = epoch
+        d.idle.clear()
+        timeout = self.timeout(rec)
+        req = colo_pb2.AgentCheckpointRequest(
+            domain=rec.domain,
+            generation=generation,
+            epoch=epoch,
+            trigger=wanted.trigger,
+            timeout=duration(timeout),
+            final=wanted.final,
+        )
+        try:
+            try:
+                client = self.registry.client(primary)
+            except KeyError:
+                self._failed(
+                    d,
+                    wanted,
+                    generation,
+                    epoch,
+                    code=grpc.StatusCode.UNAVAILABLE,
+                    details=f"primary {primary} is not registered",
+                )
+                return
+            # The agent aborts at `timeout`; the call's deadline leaves it time to say so.  A
+            # role change cancels the call (abandon()): a hung primary must not hold the driver.
+            d.call = asyncio.ensure_future(client.checkpoint(req, timeout=timeout + 1.0))
+            try:
+                await asyncio.wait({d.call})
+                call = d.call
+            finally:
+                d.call = None
+            if not call.cancelled() and isinstance(call.exception(), grpc.aio.AioRpcError):
+                exc = call.exception()
+                assert isinstance(exc, grpc.aio.AioRpcError)
+                self._failed(
+                    d, wanted, generation, epoch, code=exc.code(), details=exc.details() or exc.code().name
+                )
+                return
+            if call.cancelled() or rec.generation != generation or rec.pair.pending_epoch != epoch:
+                # A role change overtook it; the answer belongs to a superseded generation.
+                self._resolve(
+                    wanted,
+                    error=CheckpointError(
+                        grpc.StatusCode.ABORTED, f"{rec.domain} changed roles during checkpoint {epoch}"
+                    ),
+                )
+                return
+            resp = call.result()
+            metrics.ISSUE_TO_RESUMED.observe(time.perf_counter() - issued)
+            self.machine.checkpoint_done(rec, wanted.trigger, resp)
+            self._resolve(wanted, resp=resp)
+            if resp.verify.outcome == colo_pb2.VERIFY_OUTCOME_MISMATCH:
+                message = (
+                    f"verify found the secondary's copy wrong after epoch {epoch}: "
+                    f"{resp.verify.mismatched_pages} page(s) differ"
+                )
+                self.machine.emit(
+                    rec, colo_pb2.EVENT_KIND_VERIFY_FAILED, epoch=epoch, verify=resp.verify, message=message
+                )
+                self.on_trouble(rec, generation, message)
+        finally:
+            d.inflight_epoch = 0
+            d.idle.set()
+
+    def _failed(
+        self,
+        d: PairDriver,
+        wanted: Wanted,
+        generation: int,
+        epoch: int,
+        *,
+        code: grpc.StatusCode,
+        details: str,
+    ) -> None:
+        rec = d.rec
+        message = f"{code.name} from primary {rec.pair.primary_host}: {details}"
+        self._resolve(
+            wanted, error=CheckpointError(code, f"checkpoint {epoch} of {rec.domain} failed: {message}")
+        )
+        if rec.generation != generation or rec.pair.pending_epoch != epoch:
+            return  # a role change overtook it
+        self.machine.checkpoint_failed(rec, epoch, wanted.trigger, message)
+        if code == grpc.StatusCode.UNAVAILABLE and self.on_unreachable is not None:
+            self.on_unreachable(rec.pair.primary_host)  # the primary may be down: confirm now
+        if code in LINK_LOST and "busy" not in details:
+            rec.link_broken = message
+            if self.on_unreachable is not None and rec.pair.secondary_host:
+                self.on_unreachable(rec.pair.secondary_host)  # the secondary may be down: confirm now
+            self.on_trouble(rec, generation, message)
+        elif rec.failures >= self.settings.unhealthy_after:
+            self.on_trouble(rec, generation, f"{rec.failures} checkpoints in a row failed; last: {message}")
+
+    @staticmethod
+    def _resolve(
+        wanted: Wanted,
+        *,
+        resp: colo_pb2.AgentCheckpointResponse | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        for future in wanted.waiters:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                assert resp is not None
+                future.set_result(resp)
+
+    def _fail_waiters(self, d: PairDriver, code: grpc.StatusCode, message: str) -> None:
+        if d.wanted is not None:
+            self._resolve(d.wanted, error=CheckpointError(code, message))
+            d.wanted = None
+
+    def drop_wanted(self, domain: str, message: str) -> None:
+        """Role change: what was wanted of the old generation is answered with an
+        error, and a checkpoint call still in flight is abandoned."""
+        d = self.drivers.get(domain)
+        if d is not None:
+            self._fail_waiters(d, grpc.StatusCode.ABORTED, message)
+            if d.call is not None:
+                d.call.cancel()

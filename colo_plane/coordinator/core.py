@@ -1,0 +1,583 @@
+"""What each Coordinator RPC means: argument checks with messages that say
+what to do, then the state machine, the checkpoint driver and the role
+changes.  Raises RpcError; the servicer turns it into a status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from colo_plane import addresses
+from colo_plane._proto import colo_pb2
+from colo_plane.coordinator.agents import AgentRecord, AgentRegistry
+from colo_plane.coordinator.checkpoints import CheckpointDriver, CheckpointError
+from colo_plane.coordinator.events import EventBus
+from colo_plane.coordinator.failure import FailureDetector
+from colo_plane.coordinator.roles import Roles
+from colo_plane.coordinator.settings import Settings
+from colo_plane.coordinator.statemachine import (
+    CHECKPOINTING,
+    FAILING_OVER,
+    PROTECTED,
+    STOPPED,
+    SYNCING,
+    UNPROTECTED,
+    PairMachine,
+    PairRecord,
+)
+from colo_plane.coordinator.store import Store
+from colo_plane.rpc import RpcError, check_domain, duration, fail
+
+log = logging.getLogger(__name__)
+
+MAX_SIM_PAGES = 1 << 24
+HOST_ID_MAX = 253
+
+
+def _copy(pair: colo_pb2.Pair) -> colo_pb2.Pair:
+    out = colo_pb2.Pair()
+    out.CopyFrom(pair)
+    return out
+
+
+def check_spec(spec: colo_pb2.DomainSpec) -> None:
+    check_domain(spec.domain)
+    backend = spec.WhichOneof("backend")
+    if backend == "sim":
+        sim = spec.sim
+        if not 0 < sim.pages <= MAX_SIM_PAGES:
+            fail(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"spec.sim.pages must be 1..{MAX_SIM_PAGES}, got {sim.pages}",
+            )
+        if sim.hot_percent > 100 or sim.hot_pages > sim.pages:
+            fail(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "spec.sim hot set: hot_percent 0..100 and hot_pages <= pages",
+            )
+        if not 0.0 <= sim.divergence_probability <= 1.0:
+            fail(grpc.StatusCode.INVALID_ARGUMENT, "spec.sim.divergence_probability must be within 0.0..1.0")
+    elif backend == "xen":
+        if not spec.xen.name:
+            fail(grpc.StatusCode.INVALID_ARGUMENT, "spec.xen.name must name the Xen domain")
+    else:
+        fail(grpc.StatusCode.INVALID_ARGUMENT, "spec must set a backend: sim or xen")
+    for name in ("checkpoint_interval", "checkpoint_timeout"):
+        d = getattr(spec, name)
+        if d.seconds < 0 or d.nanos < 0:
+            fail(grpc.StatusCode.INVALID_ARGUMENT, f"spec.{name} must not be negative")
+    if spec.HasField("checkpoint_interval") and 0 < spec.checkpoint_interval.ToNanoseconds() < 10_000_000:
+        fail(grpc.StatusCode.INVALID_ARGUMENT, "spec.checkpoint_interval must be at least 10 ms")
+
+
+class Coordinator:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = EventBus()
+        self.registry = AgentRegistry()
+        self.machine = PairMachine(store, self.bus)
+        self.driver = CheckpointDriver(self.machine, self.registry, settings, self._secondary_trouble)
+        self.roles = Roles(self.machine, self.registry, self.driver, settings)
+        self.detector = FailureDetector(self.registry, self.machine, self.roles, settings)
+        self.driver.on_unreachable = self.detector.suspect
+
+    # -- life -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resumes every stored pair: no new first boot, generations carry on."""
+        grace_until = time.monotonic() + self.settings.startup_grace
+        self.registry.load(self.store.load_agents(), grace_until)
+        for rec in self.machine.load():
+            if rec.state == SYNCING:
+                # The first boot's answer died with the previous process: redo it.
+                rec.pair.secondary_host = ""
+                self.machine.first_boot_failed(rec, "the coordinator restarted during the first boot")
+                rec.reprotect_after = grace_until
+            elif rec.state == FAILING_OVER:
+                # The generation stored with FAILING_OVER already fences the old primary.
+                self.roles.spawn(self.roles.resume_failover(rec), f"failover-{rec.domain}")
+            elif rec.state == UNPROTECTED:
+                rec.reprotect_after = grace_until
+            if rec.state in (PROTECTED, CHECKPOINTING):
+                self.driver.start(rec)
+        resumed = sum(1 for r in self.machine.pairs.values() if r.state == PROTECTED)
+        log.info(
+            "resumed %d pair(s) (%d protected) and %d agent(s) from the store",
+            len(self.machine.pairs),
+            resumed,
+            len(self.registry.agents),
+        )
+        self.detector.update_gauges()
+        self.detector.start()
+
+    async def close(self) -> None:
+        await self.detector.close()
+        await self.driver.close()
+        await self.roles.close()
+        self.machine.flush()
+        await self.registry.close()
+
+    def _secondary_trouble(self, rec: PairRecord, generation: int, why: str) -> None:
+        self.roles.spawn(self.roles.secondary_trouble(rec, generation, why), f"trouble-{rec.domain}")
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def _pair(self, domain: str) -> PairRecord:
+        rec = self.machine.pairs.get(check_domain(domain))
+        if rec is None:
+            fail(
+                grpc.StatusCode.NOT_FOUND,
+                f"no pair named {domain!r}: `colo pairs` lists them; `colo protect` creates one",
+            )
+        return rec
+
+    def _agent(self, host_id: str, what: str) -> AgentRecord:
+        agent = self.registry.get(host_id)
+        if agent is None:
+            known = ", ".join(sorted(self.registry.agents)) or "none yet"
+            fail(
+                grpc.StatusCode.NOT_FOUND,
+                f"{what} {host_id!r} is not a known host (registered agents: {known}); start `colo agent "
+                f"--host-id {host_id}` there, or pick one from `colo agents`",
+            )
+        return agent
+
+    def _usable(self, agent: AgentRecord, what: str, backend: str) -> None:
+        if not agent.alive:
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{what} {agent.host_id} is not alive (no heartbeat): restart its agent or choose another "
+                "host",
+            )
+        if agent.info.draining:
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{what} {agent.host_id} is draining and takes no new roles: `colo drain {agent.host_id} "
+                "--cancel` or choose another host",
+            )
+        if backend not in agent.info.backends:
+            why = agent.info.unavailable_backends.get(backend, "not offered")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{what} {agent.host_id} cannot run backend {backend} ({why}): choose a host that lists it "
+                "in `colo agents`",
+            )
+
+    def _roles_of(self, host: str) -> list[colo_pb2.HeldRole]:
+        out = []
+        for rec in self.machine.pairs.values():
+            if rec.state == STOPPED:
+                continue
+            for role, holder in (
+                (colo_pb2.ROLE_PRIMARY, rec.pair.primary_host),
+                (colo_pb2.ROLE_SECONDARY, rec.pair.secondary_host),
+            ):
+                if holder == host:
+                    out.append(
+                        colo_pb2.HeldRole(
+                            domain=rec.domain, generation=rec.generation, epoch=rec.pair.epoch, role=role
+                        )
+                    )
+        return out
+
+    # -- client side -------------------------------------------------------------------
+
+    async def protect(self, req: colo_pb2.ProtectDomainRequest) -> colo_pb2.ProtectDomainResponse:
+        spec = req.spec
+        check_spec(spec)
+        if not req.primary_host:
+            fail(grpc.StatusCode.INVALID_ARGUMENT, "primary_host is required: the host that runs the domain")
+        if req.primary_host == req.secondary_host:
+            fail(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"primary and secondary are both {req.primary_host}: a pair needs two hosts (leave the "
+                "secondary empty to have one placed)",
+            )
+        existing = self.machine.pairs.get(spec.domain)
+        if existing is not None and existing.state != STOPPED:
+            fail(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"{spec.domain} is already protected ({colo_pb2.PairState.Name(existing.state)}, primary "
+                f"{existing.pair.primary_host}): `colo unprotect {spec.domain}` first, or use another name",
+            )
+        backend = spec.WhichOneof("backend") or "sim"
+        primary = self._agent(req.primary_host, "primary host")
+        self._usable(primary, "primary host", backend)
+        if req.secondary_host:
+            self._usable(self._agent(req.secondary_host, "secondary host"), "secondary host", backend)
+        if existing is not None and existing.lock.locked():
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{spec.domain} is still being stopped: retry in a moment",
+            )
+        rec = self.machine.create(spec, req.primary_host)
+        if req.secondary_host:
+            secondary, why = req.secondary_host, "asked for"
+        else:
+            choice = self.roles.place(rec)
+            if choice is None:
+                fail(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"no host can take the secondary of {spec.domain}: every other agent is dead, draining, "
+                    f"full or lacks backend {backend}; start another agent (`colo agents` shows them)",
+                )
+            secondary, why = choice.host_id, choice.why
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = self.roles.spawn(self.roles.protect(rec, secondary, why, started), f"protect-{spec.domain}")
+        await started
+        if req.wait:
+            await asyncio.shield(task)
+            if rec.state != PROTECTED:
+                fail(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{spec.domain}: {rec.pair.last_error or 'first boot did not complete'}; the coordinator "
+                    "retries on its own (watch `colo pair " + spec.domain + "`)",
+                )
+        return colo_pb2.ProtectDomainResponse(pair=_copy(rec.pair))
+
+    async def unprotect(self, req: colo_pb2.UnprotectDomainRequest) -> colo_pb2.UnprotectDomainResponse:
+        rec = self._pair(req.domain)
+        await self.roles.unprotect(rec, stop_domain=req.stop_domain)
+        return colo_pb2.UnprotectDomainResponse(pair=_copy(rec.pair))
+
+    async def get_pair(self, req: colo_pb2.GetPairRequest) -> colo_pb2.GetPairResponse:
+        return colo_pb2.GetPairResponse(pair=_copy(self._pair(req.domain).pair))
+
+    async def list_pairs(self, req: colo_pb2.ListPairsRequest) -> colo_pb2.ListPairsResponse:
+        states = set(req.states)
+        out = []
+        for domain in sorted(self.machine.pairs):
+            pair = self.machine.pairs[domain].pair
+            if states:
+                if pair.state not in states:
+                    continue
+            elif pair.state == STOPPED and not req.include_stopped:
+                continue
+            if req.host_id and req.host_id not in (pair.primary_host, pair.secondary_host):
+                continue
+            out.append(_copy(pair))
+        return colo_pb2.ListPairsResponse(pairs=out)
+
+    async def checkpoint(
+        self, req: colo_pb2.CoordinatorCheckpointRequest
+    ) -> colo_pb2.CoordinatorCheckpointResponse:
+        rec = self._pair(req.domain)
+        if rec.state not in (PROTECTED, CHECKPOINTING) or rec.domain not in self.driver.drivers:
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{rec.domain} is {colo_pb2.PairState.Name(rec.state)}: checkpoints need a PROTECTED pair; "
+                "wait for it (colo pair) and retry",
+            )
+        epoch, coalesced, future = self.driver.want(
+            rec.domain, colo_pb2.CHECKPOINT_TRIGGER_MANUAL, wait=req.wait
+        )
+        out = colo_pb2.CoordinatorCheckpointResponse(
+            domain=rec.domain, generation=rec.generation, epoch=epoch, coalesced=coalesced
+        )
+        if future is not None:
+            try:
+                resp = await future
+            except CheckpointError as exc:
+                fail(
+                    exc.code if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED else grpc.StatusCode.ABORTED,
+                    exc.message,
+                )
+            out.epoch, out.generation = resp.epoch, resp.generation
+            out.stats.CopyFrom(resp.stats)
+            out.verify.CopyFrom(resp.verify)
+        return out
+
+    async def failover(self, req: colo_pb2.FailoverRequest) -> colo_pb2.FailoverResponse:
+        rec = self._pair(req.domain)
+        if req.new_secondary_host:
+            agent = self._agent(req.new_secondary_host, "new secondary host")
+            self._usable(agent, "new secondary host", rec.pair.spec.WhichOneof("backend") or "sim")
+            if req.new_secondary_host == rec.pair.secondary_host:
+                fail(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{req.new_secondary_host} becomes the primary of {rec.domain}: it cannot also be its "
+                    "secondary; leave new_secondary_host empty to swap roles",
+                )
+        if rec.state not in (PROTECTED, CHECKPOINTING):
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{rec.domain} is {colo_pb2.PairState.Name(rec.state)}, not PROTECTED: there is no secondary "
+                "with a whole copy to switch to; wait for PROTECTED (colo pair) and retry",
+            )
+        pair = await self.roles.switchover(
+            rec,
+            colo_pb2.FAILOVER_CAUSE_PLANNED,
+            new_secondary=req.new_secondary_host,
+            expected_generation=req.expected_generation,
+        )
+        return colo_pb2.FailoverResponse(pair=pair)
+
+    async def drain(self, req: colo_pb2.DrainHostRequest) -> colo_pb2.DrainHostResponse:
+        agent = self._agent(req.host_id, "host")
+        if agent.info.draining != (not req.cancel):
+            agent.info.draining = not req.cancel
+            self.store.save_agent(agent.info)
+            what = "stopped draining" if req.cancel else "draining: no new roles, moving every role off"
+            log.warning("host %s %s", req.host_id, what)
+            self.machine.emit(None, colo_pb2.EVENT_KIND_HOST_DRAINING, host_id=req.host_id, message=what)
+        if req.cancel:
+            return colo_pb2.DrainHostResponse(
+                host_id=req.host_id, remaining_roles=len(self._roles_of(req.host_id))
+            )
+        moves: list[colo_pb2.DrainMove] = []
+        tasks: list[asyncio.Task[None]] = []
+        for rec in list(self.machine.pairs.values()):
+            if rec.state == STOPPED:
+                continue
+            if rec.pair.primary_host == req.host_id:
+                move = colo_pb2.DrainMove(
+                    domain=rec.domain,
+                    generation=rec.generation,
+                    epoch=rec.pair.epoch,
+                    role=colo_pb2.ROLE_PRIMARY,
+                    action=colo_pb2.DRAIN_ACTION_SWITCHOVER,
+                    to_host=rec.pair.secondary_host,
+                )
+                tasks.append(
+                    self.roles.spawn(self._drain_primary(rec, move, req.host_id), f"drain-{rec.domain}")
+                )
+            elif rec.pair.secondary_host == req.host_id:
+                choice = self.roles.place(rec, exclude=(req.host_id,))
+                action = (
+                    colo_pb2.DRAIN_ACTION_REPROTECT_ELSEWHERE
+                    if choice is not None
+                    else colo_pb2.DRAIN_ACTION_UNPROTECT
+                )
+                move = colo_pb2.DrainMove(
+                    domain=rec.domain,
+                    generation=rec.generation,
+                    epoch=rec.pair.epoch,
+                    role=colo_pb2.ROLE_SECONDARY,
+                    action=action,
+                    to_host=choice.host_id if choice is not None else "",
+                )
+                tasks.append(self.roles.spawn(self._drain_secondary(rec, move), f"drain-{rec.domain}"))
+            else:
+                continue
+            moves.append(move)
+        if req.wait and tasks:
+            await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
+        return colo_pb2.DrainHostResponse(
+            host_id=req.host_id, moves=moves, remaining_roles=len(self._roles_of(req.host_id))
+        )
+
+    async def _drain_primary(self, rec: PairRecord, move: colo_pb2.DrainMove, host: str) -> None:
+        """Switchover, once the pair is PROTECTED (a first boot or checkpoint may be in flight)."""
+        deadline = time.monotonic() + self.settings.first_boot_timeout
+        while rec.state in (SYNCING, CHECKPOINTING, FAILING_OVER) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if rec.pair.primary_host != host:
+            move.done = True  # moved already (a failover got there first)
+        elif rec.state != PROTECTED:
+            move.error = (
+                f"{rec.domain} runs unprotected on the draining host: there is no secondary to "
+                "switch to; unprotect it, or drain again once it is re-protected"
+            )
+            return
+        else:
+            try:
+                await self.roles.switchover(rec, colo_pb2.FAILOVER_CAUSE_DRAIN)
+            except RpcError as exc:
+                move.error = exc.message
+                return
+        move.generation, move.epoch, move.done = rec.generation, rec.pair.epoch, True
+        move.to_host = rec.pair.primary_host
+
+    async def _drain_secondary(self, rec: PairRecord, move: colo_pb2.DrainMove) -> None:
+        await self.roles.drop_secondary(
+            rec,
+            rec.generation,
+            colo_pb2.FAILOVER_CAUSE_DRAIN,
+            f"host {move.to_host or '(none)'} takes over from a draining host",
+        )
+        move.generation, move.epoch, move.done = rec.generation, rec.pair.epoch, True
+
+    async def list_agents(self, req: colo_pb2.ListAgentsRequest) -> colo_pb2.ListAgentsResponse:
+        out = []
+        for host in sorted(self.registry.agents):
+            agent = self.registry.agents[host]
+            if req.alive_only and not agent.alive:
+                continue
+            info = colo_pb2.AgentInfo()
+            info.CopyFrom(agent.info)
+            info.roles.extend(self._roles_of(host))
+            out.append(info)
+        return colo_pb2.ListAgentsResponse(agents=out)
+
+    async def watch(self, req: colo_pb2.WatchEventsRequest) -> AsyncIterator[colo_pb2.Event]:
+        if req.domain:
+            check_domain(req.domain)
+        async for event in self.bus.watch(
+            domain=req.domain, kinds=req.kinds, history=req.history, after_sequence=req.after_sequence
+        ):
+            yield event
+
+    # -- agent side ---------------------------------------------------------------------
+
+    def _superseded(self, host: str, domains: list[colo_pb2.DomainStatus]) -> list[colo_pb2.Superseded]:
+        """Domains the host reports that the coordinator gave to others since."""
+        out = []
+        for status in domains:
+            rec = self.machine.pairs.get(status.domain)
+            if rec is None or status.generation >= rec.generation:
+                continue
+            if host in rec.hosts() and rec.state != STOPPED:
+                continue  # still its role; the new generation is on its way
+            out.append(
+                colo_pb2.Superseded(
+                    domain=rec.domain,
+                    generation=rec.generation,
+                    epoch=rec.pair.epoch,
+                    message=f"{rec.domain} moved on to generation {rec.generation} without {host}",
+                )
+            )
+        return out
+
+    async def register_agent(self, req: colo_pb2.RegisterAgentRequest) -> colo_pb2.RegisterAgentResponse:
+        if not req.host_id or len(req.host_id) > HOST_ID_MAX or any(c.isspace() for c in req.host_id):
+            fail(grpc.StatusCode.INVALID_ARGUMENT, "host_id must be a non-empty name without spaces")
+        if not req.incarnation:
+            fail(
+                grpc.StatusCode.INVALID_ARGUMENT, "incarnation is required (a random id drawn at agent start)"
+            )
+        for name in ("grpc_address", "data_address"):
+            try:
+                addresses.parse(getattr(req, name))
+            except ValueError as exc:
+                fail(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {exc}")
+        agent, previous = self.registry.register(req)
+        self.store.save_agent(agent.info)
+        restarted = bool(previous) and previous != req.incarnation
+        message = (
+            "restarted (new incarnation): its roles are lost"
+            if restarted
+            else "re-registered"
+            if previous
+            else "registered"
+        )
+        log.info("agent %s %s (%s, labels %s)", req.host_id, message, req.grpc_address, dict(req.labels))
+        self.machine.emit(None, colo_pb2.EVENT_KIND_AGENT_REGISTERED, host_id=req.host_id, message=message)
+        held = {d.domain for d in req.domains}
+        for rec in list(self.machine.pairs.values()):
+            # Roles the agent should hold but does not: lost (it restarted).
+            if (
+                rec.state in (PROTECTED, CHECKPOINTING, UNPROTECTED)
+                and req.host_id in rec.hosts()
+                and rec.domain not in held
+            ):
+                why = f"agent {req.host_id} came back without {rec.domain} ({message})"
+                if rec.pair.primary_host == req.host_id:
+                    self.roles.spawn(
+                        self.roles.primary_lost(rec, rec.generation, why), f"failover-{rec.domain}"
+                    )
+                else:
+                    self.roles.spawn(
+                        self.roles.drop_secondary(
+                            rec, rec.generation, colo_pb2.FAILOVER_CAUSE_SECONDARY_LOST, why
+                        ),
+                        f"unprotect-{rec.domain}",
+                    )
+        self.detector.update_gauges()
+        superseded = self._superseded(req.host_id, list(req.domains))
+        for old in superseded:
+            # A host that comes back with a role the pair has moved on from (it was
+            # failed over while unreachable) is told to stand down and then released.
+            log.warning("agent %s still holds %s: %s; releasing it", req.host_id, old.domain, old.message)
+            self.roles.spawn(
+                self.roles.release_superseded(req.host_id, old.domain, old.generation),
+                f"release-{old.domain}-{req.host_id}",
+            )
+        return colo_pb2.RegisterAgentResponse(
+            heartbeat_interval=duration(self.settings.heartbeat_interval),
+            heartbeat_timeout=duration(self.settings.heartbeat_timeout),
+            superseded=superseded,
+        )
+
+    async def heartbeat(self, req: colo_pb2.HeartbeatRequest) -> colo_pb2.HeartbeatResponse:
+        out = colo_pb2.HeartbeatResponse(
+            heartbeat_interval=duration(self.settings.heartbeat_interval),
+            heartbeat_timeout=duration(self.settings.heartbeat_timeout),
+        )
+        agent = self.registry.get(req.host_id)
+        if agent is None or agent.info.incarnation != req.incarnation:
+            out.reregister = True
+            return out
+        if not agent.alive:
+            # Declared lost: its roles moved on; it must register again to take new ones.
+            out.reregister = True
+            return out
+        agent.last_seen = time.monotonic()
+        agent.info.last_heartbeat.GetCurrentTime()
+        agent.domains = {d.domain: d for d in req.domains}
+        if not agent.registered:
+            out.reregister = True  # a restarted coordinator: tell us what you hold
+        out.superseded.extend(self._superseded(req.host_id, list(req.domains)))
+        return out
+
+    async def request_checkpoint(
+        self, req: colo_pb2.RequestCheckpointRequest
+    ) -> colo_pb2.RequestCheckpointResponse:
+        rec = self._pair(req.domain)
+        if req.host_id != rec.pair.primary_host:
+            fail(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{req.host_id or '(no host)'} is not the primary of {rec.domain} "
+                f"({rec.pair.primary_host}): only the primary asks for checkpoints",
+            )
+        if req.generation < rec.generation:
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"generation {req.generation} of {rec.domain} is superseded by {rec.generation}: stand down",
+            )
+        if rec.state not in (PROTECTED, CHECKPOINTING) or rec.domain not in self.driver.drivers:
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{rec.domain} is {colo_pb2.PairState.Name(rec.state)}: no checkpoint until it is PROTECTED",
+            )
+        epoch, coalesced, _ = self.driver.want(rec.domain, colo_pb2.CHECKPOINT_TRIGGER_REQUEST)
+        rec.pair.divergences += 1
+        self.machine.emit(
+            rec,
+            colo_pb2.EVENT_KIND_CHECKPOINT_REQUESTED,
+            epoch=epoch,
+            host_id=req.host_id,
+            reason=req.reason,
+            request_seq=req.request_seq,
+            message=req.detail,
+        )
+        return colo_pb2.RequestCheckpointResponse(
+            domain=rec.domain, generation=rec.generation, epoch=epoch, coalesced=coalesced
+        )
+
+    async def report_sync_point(
+        self, req: colo_pb2.ReportSyncPointRequest
+    ) -> colo_pb2.ReportSyncPointResponse:
+        rec = self._pair(req.domain)
+        if req.generation < rec.generation:
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"sync point of {rec.domain} at generation {req.generation}, superseded by {rec.generation}: "
+                "the reporter has been fenced and must stand down",
+            )
+        self.machine.emit(
+            rec,
+            colo_pb2.EVENT_KIND_SYNC_POINT,
+            epoch=req.epoch,
+            control_id=req.control_id,
+            host_id=req.host_id,
+            role=req.role,
+            stats=req.stats,
+            verify=req.verify,
+            monotonic_ns=req.monotonic_ns,
+        )
+        return colo_pb2.ReportSyncPointResponse(generation=rec.generation)

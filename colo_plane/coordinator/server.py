@@ -1,0 +1,137 @@
+"""`colo coordinator`: the coordinator daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from colo_plane import serving
+from colo_plane._proto import colo_pb2, colo_pb2_grpc
+from colo_plane.coordinator.core import Coordinator
+from colo_plane.coordinator.servicer import CoordinatorServicer
+from colo_plane.coordinator.settings import Settings
+from colo_plane.coordinator.store import SqliteStore
+from colo_plane.grpc_metrics import MetricsInterceptor
+
+log = logging.getLogger(__name__)
+
+SERVICE = colo_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
+SHUTDOWN_GRACE = 5.0
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    keys = tuple(k for k in args.failure_domain_keys.split(",") if k)
+    if args.heartbeat_timeout <= args.heartbeat_interval:
+        raise SystemExit("colo coordinator: --heartbeat-timeout must be longer than --heartbeat-interval")
+    return Settings(
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
+        startup_grace=args.startup_grace,
+        checkpoint_interval=args.checkpoint_interval,
+        checkpoint_timeout=args.checkpoint_timeout,
+        failure_domain_keys=keys,
+    )
+
+
+@dataclass
+class Running:
+    """A started coordinator (for the daemon, and in-process for benches)."""
+
+    core: Coordinator
+    server: grpc.aio.Server
+    health_servicer: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
+    address: str
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        await serving.shutdown(self.server, self.health_servicer, grace)
+        await self.core.close()
+        self.core.store.close()
+
+
+async def start(db: str, listen: str, settings: Settings) -> Running:
+    core = Coordinator(SqliteStore(db), settings)
+    await core.start()
+    # No SO_REUSEPORT: a second coordinator on the same address must fail to
+    # start, not silently share the port with the first.
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor()], options=[*serving.SERVER_OPTIONS, ("grpc.so_reuseport", 0)]
+    )
+    colo_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(core), server)
+    health = serving.add_health_and_reflection(server, [SERVICE])
+    address = serving.bind(server, listen)
+    await server.start()
+    await serving.set_serving(health, [SERVICE])
+    return Running(core, server, health, address)
+
+
+async def run(args: argparse.Namespace) -> int:
+    running = await start(args.db, args.listen, settings_from(args))
+    metrics_address = serving.start_metrics(args.metrics_listen)
+    serving.write_ready_file(
+        args.ready_file, {"grpc": running.address, "metrics": metrics_address, "db": args.db}
+    )
+    log.info(
+        "coordinator serving gRPC on %s, metrics on %s, store %s",
+        running.address,
+        metrics_address or "(off)",
+        args.db,
+    )
+    await serving.stop_signals().wait()
+    log.info("coordinator shutting down")
+    await running.stop()
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Settings()
+    parser.add_argument("--listen", default="127.0.0.1:7000", help="gRPC address (Coordinator API)")
+    parser.add_argument("--db", default="colo-coordinator.db", help="SQLite store (created if missing)")
+    parser.add_argument(
+        "--metrics-listen", default="", help="host:port for Prometheus /metrics (off if empty)"
+    )
+    parser.add_argument("--ready-file", help="write the bound addresses here as JSON once serving")
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=d.heartbeat_interval,
+        metavar="SECONDS",
+        help=f"how often agents heartbeat (default {d.heartbeat_interval})",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=d.heartbeat_timeout,
+        metavar="SECONDS",
+        help=f"an agent silent this long is lost and its roles fail over (default {d.heartbeat_timeout})",
+    )
+    parser.add_argument(
+        "--startup-grace",
+        type=float,
+        default=d.startup_grace,
+        metavar="SECONDS",
+        help=f"after a restart, agents have this long to come back (default {d.startup_grace})",
+    )
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=d.checkpoint_interval,
+        metavar="SECONDS",
+        help=f"default max time between checkpoints (default {d.checkpoint_interval})",
+    )
+    parser.add_argument(
+        "--checkpoint-timeout",
+        type=float,
+        default=d.checkpoint_timeout,
+        metavar="SECONDS",
+        help=f"default checkpoint deadline (default {d.checkpoint_timeout})",
+    )
+    parser.add_argument(
+        "--failure-domain-keys",
+        default=",".join(d.failure_domain_keys),
+        metavar="K1,K2",
+        help="agent labels placement keeps primary and secondary apart on",
+    )

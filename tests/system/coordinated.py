@@ -1,0 +1,168 @@
+"""A real `colo coordinator` process with real `colo agent` processes on
+loopback, and the small waits the coordinator tests share."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from cluster import COLO, AgentProcess, start_agent
+
+from colo_plane._proto import colo_pb2, colo_pb2_grpc
+
+T = TypeVar("T")
+
+# Fast failure detection, as the defaults: heartbeats every 0.1 s, lost after 0.5 s.
+COORDINATOR_FLAGS = ("--heartbeat-interval", "0.1", "--heartbeat-timeout", "0.5")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class CoordinatorProcess:
+    proc: subprocess.Popen[bytes]
+    info: dict[str, str]
+    log_path: Path
+    channel: grpc.Channel = field(init=False)
+    stub: colo_pb2_grpc.CoordinatorStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(self.info["grpc"])
+        self.stub = colo_pb2_grpc.CoordinatorStub(self.channel)
+
+    @property
+    def address(self) -> str:
+        return self.info["grpc"]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pair(self, domain: str) -> colo_pb2.Pair:
+        return self.stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5).pair
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(f"http://{self.info['metrics']}/metrics", timeout=5).read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        total = 0.0
+        for line in self.metrics().splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == name or (
+                key.startswith(name + "{") and all(f'{k}="{v}"' in key for k, v in labels.items())
+            ):
+                total += float(value)
+        return total
+
+    def events(self, domain: str = "", history: int = 10_000) -> list[colo_pb2.Event]:
+        """Every event the coordinator still holds (a stream read with a short deadline)."""
+        out = []
+        stream = self.stub.WatchEvents(
+            colo_pb2.WatchEventsRequest(domain=domain, history=history), timeout=1.0
+        )
+        try:
+            for item in stream:
+                out.append(item.event)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        return self.proc.returncode
+
+
+def start_coordinator(
+    tmp: Path, *extra: str, listen: str = "127.0.0.1:0", name: str = "coordinator", db: Path | None = None
+) -> CoordinatorProcess:
+    ready = tmp / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)
+    log_path = tmp / f"{name}.log"
+    cmd = [
+        *COLO,
+        "coordinator",
+        "--listen",
+        listen,
+        "--db",
+        str(db or tmp / "colo.db"),
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--ready-file",
+        str(ready),
+        *COORDINATOR_FLAGS,
+        *extra,
+    ]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"coordinator did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    return CoordinatorProcess(proc, json.loads(ready.read_text()), log_path)
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0, every: float = 0.02) -> T:
+    """Polls probe until it returns something truthy; fails with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what} (last: {last!r})")
+
+
+def sim_spec(
+    domain: str, *, pages: int = 1024, rate: int = 2000, interval: float = 0.3, verify: bool = True
+) -> colo_pb2.DomainSpec:
+    spec = colo_pb2.DomainSpec(
+        domain=domain,
+        verify=verify,
+        sim=colo_pb2.SimDomainSpec(
+            pages=pages, dirty_rate=rate, seed=7, pattern=colo_pb2.SIM_PATTERN_UNIFORM
+        ),
+    )
+    spec.checkpoint_interval.FromNanoseconds(int(interval * 1e9))
+    return spec
+
+
+def agents_alive(coord: CoordinatorProcess, count: int) -> bool:
+    reply = coord.stub.ListAgents(colo_pb2.ListAgentsRequest(alive_only=True), timeout=5)
+    return len(reply.agents) >= count
+
+
+def start_cluster(tmp: Path, hosts: int = 3, *flags: str) -> tuple[CoordinatorProcess, list[AgentProcess]]:
+    coord = start_coordinator(tmp, *flags)
+    agents = [
+        start_agent(tmp, f"host-{chr(ord('a') + i)}", coord.address, "--verify", "--label", f"zone=z{i}")
+        for i in range(hosts)
+    ]
+    wait_for(f"{hosts} agents registered", lambda: agents_alive(coord, hosts))
+    return coord, agents
