@@ -54,7 +54,9 @@ def _secondary(sock: socket.socket, domain_pages: int, result: Connection) -> No
     """The secondary in a process of its own, as on its own host (no GIL shared
     with the primary): runs until the stream ends, then sends its hash."""
     with native.Domain.sim(pages=domain_pages, seed=2) as secondary:
-        loop = SecondaryLoop(domain="bench", generation=1, dom=secondary, sock=sock, verify=False, sink=_ignore)
+        loop = SecondaryLoop(
+            domain="bench", generation=1, dom=secondary, sock=sock, verify=False, sink=_ignore
+        )
         loop.run()
         secondary.pause()
         result.send(secondary.hash())
