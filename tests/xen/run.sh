@@ -25,7 +25,7 @@ PINNED_DEB=$SHARED/xenlab/xen-hypervisor-4.17-amd64_4.17.5+72-g01140da4e8-1_amd6
 CACHE_ROOT=${COLO_XENLAB_CACHE:-/var/cache/colo-xenlab}
 WORK=${COLO_XENLAB_WORK:-/var/tmp/colo-xenlab-run}
 NOSHADOW=${COLO_XENLAB_NOSHADOW:-1}
-BOOT_TIMEOUT=${COLO_XENLAB_TIMEOUT:-600}
+BOOT_TIMEOUT=${COLO_XENLAB_TIMEOUT:-720}
 
 t() { printf '[xenlab %6.1fs] %s\n' "$(awk "BEGIN{print $(date +%s.%N) - $T0}")" "$*"; }
 die() { echo "xenlab: $*" >&2; exit 2; }
@@ -118,6 +118,7 @@ report() {
   { grep -a 'COLO-XENLAB-RESULT ' "$log" || echo "  (no test results: dom0 did not get to run the tests)"; } \
     | sed 's/.*COLO-XENLAB-RESULT /  /' | tr -d '\r'
   { grep -a 'COLO-XENLAB-FIGURE' "$log" || true; } | sed 's/.*COLO-XENLAB-FIGURE /  figure: /' | tr -d '\r'
+  { grep -a 'COLO-XENLAB-NOTE' "$log" || true; } | sed 's/.*COLO-XENLAB-NOTE /  seen: /' | tr -d '\r'
 }
 verdict() {  # verdict NAME -> the rc dom0 printed, 3 if none
   local v; v=$(grep -aoE '^(\[ *[0-9.]+\] )?COLO-XENLAB-VERDICT rc=[0-9]+' "$WORK/$1.log" | tail -1 | sed 's/.*rc=//')
@@ -158,5 +159,8 @@ elif [ "$NOSHADOW" = 1 ]; then
   echo "boot 2 skipped: no Xen 4.17 build without shadow paging found (see noshadow-xen.sh)" \
     | tee -a "$WORK/report.txt"
 fi
+total=$(awk "BEGIN{printf \"%.0f\", $(date +%s.%N) - $T0}")
+echo "verdict: $([ $rc = 0 ] && echo PASS || echo FAIL), ${total}s from start to verdict (image build, if any, included)" \
+  | tee -a "$WORK/report.txt"
 t "done: $([ $rc = 0 ] && echo PASS || echo FAIL) (report: $WORK/report.txt)"
 exit $rc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from xenlab_util import MODE
+from xenlab_util import MODE, note
 
 pytestmark = pytest.mark.skipif(MODE != "noshadow", reason="lab boot 2 only")
 
@@ -20,7 +20,7 @@ if MODE == "noshadow":
 def test_hypervisor_lacks_shadow_paging() -> None:
     info = subprocess.run(["xl", "info"], check=True, capture_output=True, text=True).stdout
     caps = next(line for line in info.splitlines() if line.startswith("virt_caps"))
-    print(caps)
+    note(caps)
     assert "shadow" not in caps
 
 
@@ -28,12 +28,12 @@ def test_logdirty_refused_without_shadow_paging() -> None:
     with Domain.xen("pv-src") as dom:
         with pytest.raises(NativeError) as info:
             dom.logdirty_enable()
-        print(info.value)
+        note(str(info.value))
         assert info.value.code == ErrorCode.UNSUPPORTED
         assert "cannot track dirty pages" in str(info.value)
         # And no empty "all clean" log can be read afterwards.
         with pytest.raises(NativeError) as info2:
             dom.dirty_read_clear()
-        print(info2.value)
+        note(str(info2.value))
         assert info2.value.code == ErrorCode.INVAL
         assert "log-dirty is not enabled" in str(info2.value)
