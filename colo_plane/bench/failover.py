@@ -75,6 +75,8 @@ def _trial(cluster: LocalCluster, agents: dict[str, Process], coordinator: str, 
         report = await load
         new = (await stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5)).pair.primary_host
         await channel.close(None)
+        if report.acknowledged_writes == 0 or report.errors:
+            raise RuntimeError(f"bench: the trial's load did not run cleanly: {report.errors[:3]}")
         return Trial(
             victim,
             new,
@@ -106,8 +108,9 @@ def run(*, trials: int = 10) -> list[Trial]:
                 spec = colo_pb2.DomainSpec(
                     domain="bench",
                     checkpoint_interval=duration(1.0),
+                    # A key-value store of 131k slots: every trial's writes fit.
                     sim=colo_pb2.SimDomainSpec(
-                        pages=4096, dirty_rate=2_000, seed=5, divergence_probability=0.01
+                        pages=16384, service_pages=8192, dirty_rate=2_000, seed=5, divergence_probability=0.01
                     ),
                 )
                 stub.ProtectDomain(

@@ -5,6 +5,7 @@ clients), at several divergence probabilities; prints the ratios."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -45,8 +46,9 @@ def run(
     *,
     divergences: tuple[float, ...] = (0.0, 0.01, 0.10),
     clients: int = 8,
-    seconds: float = 10.0,
-    pages: int = 16384,
+    seconds: float = 5.0,
+    pages: int = 65536,
+    rounds: int = 3,
 ) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="colo-bench-") as tmp:
         cluster = LocalCluster(Path(tmp))
@@ -61,40 +63,64 @@ def run(
                 if time.monotonic() > deadline:
                     raise RuntimeError("agents did not register")
                 time.sleep(0.05)
-            results = [_one(stub, p, clients, seconds, pages) for p in divergences]
+            results = [
+                _one(stub, p, clients=clients, seconds=seconds, pages=pages, rounds=rounds)
+                for p in divergences
+            ]
             channel.close()
             return results
         finally:
             cluster.stop_all()
 
 
-def _one(stub: colo_pb2_grpc.CoordinatorStub, p: float, clients: int, seconds: float, pages: int) -> Result:
+def _protect(stub: colo_pb2_grpc.CoordinatorStub, spec: colo_pb2.DomainSpec) -> colo_pb2.Pair:
+    req = colo_pb2.ProtectDomainRequest(spec=spec, primary_host="host-a", secondary_host="host-b", wait=True)
+    pair: colo_pb2.Pair = stub.ProtectDomain(req, timeout=60).pair
+    return pair
+
+
+def _one(
+    stub: colo_pb2_grpc.CoordinatorStub, p: float, *, clients: int, seconds: float, pages: int, rounds: int
+) -> Result:
+    """Alternates protected and unprotected runs on the same guest (unprotect
+    keeps it running; protect again starts from it); medians of each."""
     domain = f"bench-{int(p * 1000)}"
     spec = colo_pb2.DomainSpec(
         domain=domain,
         checkpoint_interval=duration(5.0),
-        sim=colo_pb2.SimDomainSpec(pages=pages, dirty_rate=2_000, seed=11, divergence_probability=p),
+        sim=colo_pb2.SimDomainSpec(
+            pages=pages, service_pages=pages // 2, dirty_rate=2_000, seed=11, divergence_probability=p
+        ),
     )
-    pair = stub.ProtectDomain(
-        colo_pb2.ProtectDomainRequest(spec=spec, primary_host="host-a", secondary_host="host-b", wait=True),
-        timeout=60,
-    ).pair
-    address = pair.service_endpoint
-    protected = _measure(address, clients, seconds)
-    checkpoints = stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5).pair.epoch - pair.epoch
-    stub.UnprotectDomain(colo_pb2.UnprotectDomainRequest(domain=domain, stop_domain=False), timeout=30)
-    unprotected = _measure(address, clients, seconds)
+    protected: list[loadgen.Report] = []
+    unprotected: list[loadgen.Report] = []
+    checkpoints = 0
+    for _ in range(rounds):
+        pair = _protect(stub, spec)
+        protected.append(_measure(pair.service_endpoint, clients, seconds))
+        checkpoints += stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5).pair.epoch - pair.epoch
+        stub.UnprotectDomain(colo_pb2.UnprotectDomainRequest(domain=domain, stop_domain=False), timeout=30)
+        unprotected.append(_measure(pair.service_endpoint, clients, seconds))
+    stub.UnprotectDomain(colo_pb2.UnprotectDomainRequest(domain=domain, stop_domain=True), timeout=30)
+    for report in protected + unprotected:
+        if report.errors:
+            raise RuntimeError(f"bench: the load did not run cleanly: {report.errors[:3]}")
+
+    def med(reports: list[loadgen.Report], field: str) -> float:
+        return float(statistics.median(getattr(r, field) for r in reports))
+
+    prot, unprot = med(protected, "ops_per_second"), med(unprotected, "ops_per_second")
     return Result(
         divergence=p,
-        protected_ops_per_second=protected.ops_per_second,
-        unprotected_ops_per_second=unprotected.ops_per_second,
-        ratio=protected.ops_per_second / unprotected.ops_per_second,
-        protected_p50_ms=protected.p50_ms,
-        protected_p99_ms=protected.p99_ms,
-        unprotected_p50_ms=unprotected.p50_ms,
-        unprotected_p99_ms=unprotected.p99_ms,
+        protected_ops_per_second=prot,
+        unprotected_ops_per_second=unprot,
+        ratio=prot / unprot,
+        protected_p50_ms=med(protected, "p50_ms"),
+        protected_p99_ms=med(protected, "p99_ms"),
+        unprotected_p50_ms=med(unprotected, "p50_ms"),
+        unprotected_p99_ms=med(unprotected, "p99_ms"),
         checkpoints=checkpoints,
-        acknowledged_writes_lost=protected.acknowledged_writes_lost + unprotected.acknowledged_writes_lost,
+        acknowledged_writes_lost=sum(r.acknowledged_writes_lost for r in protected + unprotected),
     )
 
 
