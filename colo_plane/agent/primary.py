@@ -70,6 +70,8 @@ class PrimaryLink:
             idle_timeout=IO_TIMEOUT,
         )
         self._a = native.Bitmap(dom.pages)
+        context = len(dom.context())
+        self._context_record = 8 + context + (-context % 8)  # header, blob, padding
         self._mine = native.PageHashes(dom.pages) if verify else None
         self._theirs = native.PageHashes(dom.pages) if verify else None
         if self._theirs is not None:
@@ -137,8 +139,9 @@ class PrimaryLink:
         self._writer.context(self.dom)
         self._writer.checkpoint(self.generation, epoch, last_seq)
 
-    def _sent(self, pages: int, epoch: int) -> int:
-        sent = native.page_data_bytes(pages) + 8 + len(self.dom.context()) + 8 + 24
+    def _sent(self, pages: int) -> int:
+        """Stream bytes of a checkpoint of pages pages (counted, not re-read)."""
+        sent = native.page_data_bytes(pages) + self._context_record + CONTROL_RECORD
         metrics.PAGES_SENT.inc(pages)
         metrics.BYTES_SENT.inc(sent)
         return sent
@@ -184,7 +187,7 @@ class PrimaryLink:
         self.dom.unpause()
         stats = Stats(
             pages=self.dom.pages,
-            bytes=self._sent(self.dom.pages, epoch),
+            bytes=self._sent(self.dom.pages),
             last_seq=last_seq,
             pause_ns=now_ns() - pause_start,
         )
@@ -227,7 +230,7 @@ class PrimaryLink:
             pause_ns=pause_ns,
             last_seq=last_seq,
         )
-        stats.bytes = self._sent(stats.pages, epoch)
+        stats.bytes = self._sent(stats.pages)
         verify = self._compare(epoch, mine)
         self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_RESUMED)
         stats.duration_ns = now_ns() - start
