@@ -16,7 +16,18 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SOURCES = ["error.c", "hash.c", "io.c", "bitmap.c", "domain.c", "sim.c", "service.c", "stream.c", "bench.c", "xen.c"]
+SOURCES = [
+    "error.c",
+    "hash.c",
+    "io.c",
+    "bitmap.c",
+    "domain.c",
+    "sim.c",
+    "service.c",
+    "stream.c",
+    "bench.c",
+    "xen.c",
+]
 XEN_HEADER_DIRS = ["/usr/include", "/usr/local/include"]
 
 
