@@ -35,11 +35,26 @@ GUEST_POLL = 0.0005  # seconds between tries while the guest is paused
 PAUSED = native.ErrorCode.PAUSED
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    seq, length = FRAME.unpack(await reader.readexactly(FRAME.size))
-    if length > MAX_LINE + 64:
-        raise ValueError(f"proxy frame of {length} bytes")
-    return seq, await reader.readexactly(length)
+async def read_frames(reader: asyncio.StreamReader, buf: bytearray) -> list[tuple[int, bytes]]:
+    """Every whole frame that has arrived (at least one; one wake-up, many
+    frames).  ConnectionError at the end of the stream."""
+    frames: list[tuple[int, bytes]] = []
+    while not frames:
+        chunk = await reader.read(1 << 16)
+        if not chunk:
+            raise ConnectionError("end of stream")
+        buf += chunk
+        off = 0
+        while len(buf) - off >= FRAME.size:
+            seq, length = FRAME.unpack_from(buf, off)
+            if length > MAX_LINE + 64:
+                raise ValueError(f"proxy frame of {length} bytes")
+            if len(buf) - off - FRAME.size < length:
+                break
+            frames.append((seq, bytes(buf[off + FRAME.size : off + FRAME.size + length])))
+            off += FRAME.size + length
+        del buf[:off]
+    return frames
 
 
 def frame(seq: int, payload: bytes) -> bytes:
@@ -74,10 +89,10 @@ class Pending:
     seq: int
     reply: bytes
     conn: Connection
+    sent: float = 0.0  # loop time it was forwarded to the secondary
     secondary: bytes | None = None
     releasable: bool = False
     asked: bool = False  # a checkpoint was requested for it
-    timer: asyncio.TimerHandle | None = None
 
 
 # request_checkpoint(seq, reason: "mismatch" | "timeout")
@@ -108,6 +123,7 @@ class PrimaryProxy:
         self._server: asyncio.Server | None = None
         self._link: asyncio.StreamWriter | None = None
         self._link_task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> str:
@@ -125,14 +141,16 @@ class PrimaryProxy:
         self._link = writer
         self.protected, self.unprotected = True, False
         self._link_task = asyncio.create_task(self._replies(reader), name=f"proxy-replies-{self.domain}")
+        self._sweeper = asyncio.create_task(self._sweep(), name=f"proxy-timeouts-{self.domain}")
 
     async def detach(self) -> None:
         """The secondary is gone: hold what is not yet released (until unprotect())."""
-        if self._link_task is not None:
-            self._link_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._link_task
-            self._link_task = None
+        for task in (self._link_task, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._link_task = self._sweeper = None
         if self._link is not None:
             self._link.close()
             self._link = None
@@ -164,19 +182,20 @@ class PrimaryProxy:
             self._releasable(p)
 
     async def _replies(self, reader: asyncio.StreamReader) -> None:
+        buf = bytearray()
         try:
             while True:
-                seq, reply = await read_frame(reader)
-                p = self.pending.get(seq)
-                if p is None or p.releasable:
-                    continue
-                p.secondary = reply
-                if reply == p.reply:
-                    self._releasable(p)
-                else:
-                    metrics.DIVERGENCES.labels("mismatch").inc()
-                    self._ask(p, "mismatch")
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+                for seq, reply in await read_frames(reader, buf):
+                    p = self.pending.get(seq)
+                    if p is None or p.releasable:
+                        continue
+                    p.secondary = reply
+                    if reply == p.reply:
+                        self._releasable(p)
+                    else:
+                        metrics.DIVERGENCES.labels("mismatch").inc()
+                        self._ask(p, "mismatch")
+        except (ConnectionError, ValueError) as exc:
             log.warning("%s: proxy link to the secondary lost (%s); holding output", self.domain, exc)
 
     def _ask(self, p: Pending, reason: str) -> None:
@@ -188,10 +207,17 @@ class PrimaryProxy:
             log.info("%s: holding reply seq=%d (%s) t=%d", self.domain, p.seq, reason, time.monotonic_ns())
         self.request_checkpoint(p.seq, reason)
 
-    def _timed_out(self, p: Pending) -> None:
-        if not p.releasable and p.secondary is None and self.protected:
-            metrics.DIVERGENCES.labels("timeout").inc()
-            self._ask(p, "timeout")
+    async def _sweep(self) -> None:
+        """Replies the secondary did not answer within reply_timeout count as
+        diverged (one sweep for all, not a timer a request)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.reply_timeout / 4)
+            late = loop.time() - self.reply_timeout
+            for p in list(self.pending.values()):
+                if p.sent and p.sent < late and p.secondary is None and not p.releasable and not p.asked:
+                    metrics.DIVERGENCES.labels("timeout").inc()
+                    self._ask(p, "timeout")
 
     # -- clients ----------------------------------------------------------------
 
@@ -231,7 +257,7 @@ class PrimaryProxy:
                 self._releasable(p)
             elif self._link is not None:
                 self._link.write(frame(seq, line))
-                p.timer = asyncio.get_running_loop().call_later(self.reply_timeout, self._timed_out, p)
+                p.sent = asyncio.get_running_loop().time()
         self._flush(conn)
 
     def _releasable(self, p: Pending) -> None:
@@ -240,8 +266,6 @@ class PrimaryProxy:
         p.releasable = True
         if p.asked:
             self.held -= 1
-        if p.timer is not None:
-            p.timer.cancel()
         self._flush(p.conn)
 
     def _flush(self, conn: Connection) -> None:
@@ -270,18 +294,22 @@ class SecondaryProxy:
         self._buf = native.ReplyBuffer()
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buf = bytearray()
         try:
             while True:
-                seq, line = await read_frame(reader)
-                try:
-                    reply = await serve_guest(self.dom, seq, line, self._buf)
-                except native.NativeError as exc:
-                    if exc.code == native.ErrorCode.DUPLICATE:
-                        continue  # its effect arrived with a checkpoint's pages
-                    reply = error_reply(exc)
-                writer.write(frame(seq, reply))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
-            log.info("%s: proxy link from the primary closed (%s)", self.domain, exc or "end of stream")
+                out = bytearray()
+                for seq, line in await read_frames(reader, buf):
+                    try:
+                        reply = await serve_guest(self.dom, seq, line, self._buf)
+                    except native.NativeError as exc:
+                        if exc.code == native.ErrorCode.DUPLICATE:
+                            continue  # its effect arrived with a checkpoint's pages
+                        reply = error_reply(exc)
+                    out += frame(seq, reply)
+                if out:
+                    writer.write(out)  # one write for all the replies of one wake-up
+                    await writer.drain()
+        except (ConnectionError, ValueError) as exc:
+            log.info("%s: proxy link from the primary closed (%s)", self.domain, exc)
         finally:
             writer.close()
