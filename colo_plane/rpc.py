@@ -5,10 +5,15 @@ and conversions."""
 from __future__ import annotations
 
 import re
-from typing import NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[Any, Any]
 
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -52,3 +57,12 @@ def duration(value: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(value * 1e9))
     return d
+
+
+async def answer(fn: Callable[[Req], Awaitable[Resp]], request: Req, context: Context) -> Resp:
+    """Runs a servicer's logic; an RpcError becomes the call's status."""
+    try:
+        return await fn(request)
+    except RpcError as exc:
+        await context.abort(exc.code, exc.message)
+        raise  # unreachable: abort raises

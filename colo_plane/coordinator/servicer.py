@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
 
 import grpc
 
@@ -14,19 +13,12 @@ from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.coordinator.core import Coordinator
 from colo_plane.coordinator.events import WatcherTooSlow
 from colo_plane.coordinator.store import StoreError
-from colo_plane.rpc import RpcError
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Context = grpc.aio.ServicerContext[Any, Any]
+from colo_plane.rpc import Context, Req, Resp, RpcError, answer
 
 
 async def _call(fn: Callable[[Req], Awaitable[Resp]], request: Req, context: Context) -> Resp:
     try:
-        return await fn(request)
-    except RpcError as exc:
-        await context.abort(exc.code, exc.message)
-        raise  # unreachable: abort raises
+        return await answer(fn, request, context)
     except StoreError as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"the coordinator's store failed: {exc}; retry")
         raise
