@@ -36,9 +36,10 @@ class Process:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal it (SIGTERM: a clean exit) and wait; kill it if it hangs."""
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -47,66 +48,66 @@ class Process:
         return self.proc.returncode
 
 
+def launch(workdir: Path, name: str, args: list[str]) -> Process:
+    """Starts `colo ARGS --ready-file ...`, logging to workdir/NAME.log, and
+    waits until it says where it listens."""
+    ready = workdir / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)
+    log = workdir / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*COLO, *args, "--ready-file", str(ready)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{name} did not start; its log ({log}):\n{log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return Process(name, proc, json.loads(ready.read_text()), log)
+
+
+def coordinator_args(db: Path, *extra: str, listen: str = "127.0.0.1:0") -> list[str]:
+    return ["coordinator", "--listen", listen, "--db", str(db), "--metrics-listen", "127.0.0.1:0", *extra]
+
+
+def agent_args(host_id: str, coordinator: str, *extra: str) -> list[str]:
+    return [
+        "agent",
+        "--host-id",
+        host_id,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--coordinator",
+        coordinator,
+        *extra,
+    ]
+
+
 @dataclass
 class LocalCluster:
     workdir: Path
     processes: list[Process] = field(default_factory=list)
 
     def _start(self, name: str, args: list[str]) -> Process:
-        ready = self.workdir / f"{name}.ready.json"
-        ready.unlink(missing_ok=True)
-        log = self.workdir / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [*COLO, *args, "--ready-file", str(ready)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{name} did not start; its log ({log}):\n{log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        process = Process(name, proc, json.loads(ready.read_text()), log)
+        process = launch(self.workdir, name, args)
         self.processes.append(process)
         return process
 
     def start_coordinator(self, *extra: str, listen: str = "127.0.0.1:0") -> Process:
-        return self._start(
-            "coordinator",
-            [
-                "coordinator",
-                "--listen",
-                listen,
-                "--db",
-                str(self.workdir / "colo.db"),
-                "--metrics-listen",
-                "127.0.0.1:0",
-                *extra,
-            ],
-        )
+        return self._start("coordinator", coordinator_args(self.workdir / "colo.db", *extra, listen=listen))
 
     def start_agent(self, host_id: str, coordinator: str, *extra: str) -> Process:
-        return self._start(
-            host_id,
-            [
-                "agent",
-                "--host-id",
-                host_id,
-                "--listen",
-                "127.0.0.1:0",
-                "--data-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--coordinator",
-                coordinator,
-                *extra,
-            ],
-        )
+        return self._start(host_id, agent_args(host_id, coordinator, *extra))
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):

@@ -68,15 +68,6 @@ static uint64_t pick_pfn(struct sim *s)
     return base + r % span;
 }
 
-static void store(struct sim *s, uint64_t pfn, uint64_t r);
-
-/* One guest store: 8 bytes somewhere in a random page, noted in the dirty log. */
-static void guest_write(struct sim *s)
-{
-    uint64_t pfn = pick_pfn(s);
-    store(s, pfn, next_random(&s->rng));
-}
-
 /* One guest store into page pfn; called with mu held. */
 static void store(struct sim *s, uint64_t pfn, uint64_t r)
 {
@@ -90,6 +81,13 @@ static void store(struct sim *s, uint64_t pfn, uint64_t r)
     s->ctx.regs[REG_LAST_VALUE] = value;
     s->ctx.regs[REG_ROLLING + s->ctx.regs[REG_WRITES] % (SIM_CONTEXT_REGS - REG_ROLLING)] ^= value;
     s->writes++;
+}
+
+/* One guest store: 8 bytes somewhere in a random page, noted in the dirty log. */
+static void guest_write(struct sim *s)
+{
+    uint64_t pfn = pick_pfn(s);
+    store(s, pfn, next_random(&s->rng));
 }
 
 /* Writes what the rate owes since the last tick; called with mu held. */
@@ -283,6 +281,8 @@ static const struct colo_backend_ops sim_ops = {
     .commit_pages = sim_commit_pages,
 };
 
+static int is_sim(const colo_domain *dom) { return dom->ops == &sim_ops; }
+
 static const struct colo_backend_ops sim_unstarted_ops = {.name = "sim", .type = COLO_DOMTYPE_SIM};
 
 /* ---- open --------------------------------------------------------------- */
@@ -381,7 +381,7 @@ int colo_sim_open(const struct colo_sim_config *cfg, colo_domain **out)
 int colo_sim_dirty(colo_domain *dom, const colo_bitmap *pages)
 {
     struct sim *s;
-    if (strcmp(dom->ops->name, "sim") != 0)
+    if (!is_sim(dom))
         return colo_fail(COLO_E_UNSUPPORTED, "only a sim domain can be told which pages to dirty");
     if (pages->nbits != dom->pages)
         return colo_fail(COLO_E_INVAL, "page set of %llu bits for a domain of %llu pages",
@@ -398,15 +398,13 @@ int colo_sim_dirty(colo_domain *dom, const colo_bitmap *pages)
 uint64_t colo_sim_writes(const colo_domain *dom)
 {
     const struct sim *s;
-    if (strcmp(dom->ops->name, "sim") != 0)
+    if (!is_sim(dom))
         return 0;
     s = dom->priv;
     return s->writes;
 }
 
 /* ---- what the guest service (service.c) reaches -------------------------- */
-
-static int is_sim(const colo_domain *dom) { return dom->ops->close == sim_ops.close; }
 
 int colo_sim_enter(colo_domain *dom, int need_running)
 {

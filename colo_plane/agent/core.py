@@ -106,31 +106,52 @@ class AgentCore:
         self.replicas[replica.domain] = replica
         metrics.DOMAINS_HELD.labels(replica.role.value).inc()
 
+    def _role_request(
+        self, req: colo_pb2.PrepareSecondaryRequest | colo_pb2.StartPrimaryRequest, role: Role
+    ) -> tuple[bytes, Replica | None]:
+        """The checks PrepareSecondary and StartPrimary share: arguments, the
+        generation, and the host not holding the other role.  Returns the
+        secret and the replica already held, if any."""
+        check_domain(req.domain)
+        check_generation(req.generation)
+        secret = self._secret(req.pair_secret)
+        domains.check_spec(req.spec)
+        held = self.replicas.get(req.domain)
+        if held is not None:
+            what = "PrepareSecondary" if role is Role.SECONDARY else "StartPrimary"
+            self._not_stale(held, req.generation, what)
+            if held.role is not role:
+                fail(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"this host holds {req.domain} as its {held.role.value}: "
+                    + (
+                        "place the secondary on another host"
+                        if role is Role.SECONDARY
+                        else "Promote it first, or choose another host"
+                    ),
+                )
+        return secret, held
+
+    async def _open(self, spec: colo_pb2.DomainSpec, role: Role) -> native.Domain:
+        """The domain for spec on this host (sim: created; xen: attached), paused."""
+        try:
+            return await asyncio.to_thread(
+                domains.open_domain, spec, self.config.host_id, secondary=role is Role.SECONDARY
+            )
+        except native.NativeError as exc:
+            fail(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open the {role.value} domain: {exc}")
+
     # -- PrepareSecondary --------------------------------------------------------
 
     async def prepare_secondary(
         self, req: colo_pb2.PrepareSecondaryRequest
     ) -> colo_pb2.PrepareSecondaryResponse:
-        check_domain(req.domain)
-        check_generation(req.generation)
-        secret = self._secret(req.pair_secret)
-        domains.check_spec(req.spec)
-        old = self.replicas.get(req.domain)
+        secret, old = self._role_request(req, Role.SECONDARY)
         if old is not None:
-            self._not_stale(old, req.generation, "PrepareSecondary")
-            if old.role is Role.PRIMARY:
-                fail(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"this host already runs {req.domain} as its primary: "
-                    "place the secondary on another host",
-                )
             if old.generation == req.generation and old.sock is None:
                 return self._prepared(req)  # a retry of the same request
             await self._drop(req.domain)
-        try:
-            dom = await asyncio.to_thread(domains.open_domain, req.spec, self.config.host_id, secondary=True)
-        except native.NativeError as exc:
-            fail(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open the secondary domain: {exc}")
+        dom = await self._open(req.spec, Role.SECONDARY)
         replica = Replica(
             req.domain,
             req.generation,
@@ -192,26 +213,9 @@ class AgentCore:
     # -- StartPrimary ------------------------------------------------------------
 
     async def start_primary(self, req: colo_pb2.StartPrimaryRequest) -> colo_pb2.StartPrimaryResponse:
-        check_domain(req.domain)
-        check_generation(req.generation)
-        secret = self._secret(req.pair_secret)
-        domains.check_spec(req.spec)
-        replica = self.replicas.get(req.domain)
-        if replica is not None:
-            self._not_stale(replica, req.generation, "StartPrimary")
-            if replica.role is Role.SECONDARY:
-                fail(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"this host holds {req.domain} as its secondary: "
-                    "Promote it first, or choose another host",
-                )
-        else:
-            try:
-                dom = await asyncio.to_thread(
-                    domains.open_domain, req.spec, self.config.host_id, secondary=False
-                )
-            except native.NativeError as exc:
-                fail(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open the primary domain: {exc}")
+        secret, replica = self._role_request(req, Role.PRIMARY)
+        if replica is None:
+            dom = await self._open(req.spec, Role.PRIMARY)
             replica = Replica(req.domain, req.generation, Role.PRIMARY, req.spec, dom, self._verify(req.spec))
             self._add(replica)
         async with replica.busy:

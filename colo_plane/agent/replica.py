@@ -93,7 +93,7 @@ class Replica:
         if self.proxy is not None:
             await self.proxy.close()
             self.proxy = None
-        self.dom.close()
+        await asyncio.to_thread(self.dom.close)  # joins the vCPU, unmaps guest memory: not on the loop
 
     # -- what GetStatus shows ----------------------------------------------------
 

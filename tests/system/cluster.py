@@ -3,11 +3,8 @@ and a recording Coordinator (a real gRPC server in the test process)."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +16,7 @@ from typing import Any
 import grpc
 
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-
-COLO = [sys.executable, "-m", "colo_plane.cli"]
+from colo_plane.localcluster import Process, agent_args, launch
 
 
 class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
@@ -77,16 +73,28 @@ def start_recording_coordinator() -> tuple[grpc.Server, RecordingCoordinator, st
 
 @dataclass
 class AgentProcess:
+    """A `colo agent` process (colo_plane.localcluster) with an Agent stub."""
+
     host_id: str
-    proc: subprocess.Popen[bytes]
-    info: dict[str, str]
-    log_path: Path
+    process: Process
     channel: grpc.Channel = field(init=False)
     stub: colo_pb2_grpc.AgentStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.channel = grpc.insecure_channel(self.info["grpc"])
         self.stub = colo_pb2_grpc.AgentStub(self.channel)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
+
+    @property
+    def info(self) -> dict[str, str]:
+        return self.process.info
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log
 
     @property
     def data(self) -> str:
@@ -103,52 +111,14 @@ class AgentProcess:
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                return self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        return self.proc.returncode
+        return self.process.stop(sig)
 
 
 StartAgent = Callable[..., "AgentProcess"]
 
 
 def start_agent(tmp: Path, host_id: str, coordinator: str, *extra: str) -> AgentProcess:
-    ready = tmp / f"{host_id}.ready.json"
-    log_path = tmp / f"{host_id}.log"
-    cmd = [
-        *COLO,
-        "agent",
-        "--host-id",
-        host_id,
-        "--listen",
-        "127.0.0.1:0",
-        "--data-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--coordinator",
-        coordinator,
-        "--ready-file",
-        str(ready),
-        *extra,
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"agent {host_id} exited with {proc.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"agent {host_id} not ready in 30 s:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    return AgentProcess(host_id, proc, json.loads(ready.read_text()), log_path)
+    return AgentProcess(host_id, launch(tmp, host_id, agent_args(host_id, coordinator, *extra)))
 
 
 def sim_spec(

@@ -3,22 +3,21 @@ loopback, and the small waits the coordinator tests share."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
-from cluster import COLO, AgentProcess, start_agent
+from cluster import AgentProcess, start_agent
 
+from colo_plane import promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
+from colo_plane.localcluster import Process, coordinator_args, launch
 
 T = TypeVar("T")
 
@@ -35,15 +34,27 @@ def free_port() -> int:
 
 @dataclass
 class CoordinatorProcess:
-    proc: subprocess.Popen[bytes]
-    info: dict[str, str]
-    log_path: Path
+    """A `colo coordinator` process (colo_plane.localcluster) with a stub."""
+
+    process: Process
     channel: grpc.Channel = field(init=False)
     stub: colo_pb2_grpc.CoordinatorStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.channel = grpc.insecure_channel(self.info["grpc"])
         self.stub = colo_pb2_grpc.CoordinatorStub(self.channel)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
+
+    @property
+    def info(self) -> dict[str, str]:
+        return self.process.info
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log
 
     @property
     def address(self) -> str:
@@ -56,17 +67,10 @@ class CoordinatorProcess:
         return self.stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5).pair
 
     def metrics(self) -> str:
-        return urllib.request.urlopen(f"http://{self.info['metrics']}/metrics", timeout=5).read().decode()
+        return promtext.scrape(self.info["metrics"], timeout=5)
 
     def metric(self, name: str, **labels: str) -> float:
-        total = 0.0
-        for line in self.metrics().splitlines():
-            key, _, value = line.rpartition(" ")
-            if key == name or (
-                key.startswith(name + "{") and all(f'{k}="{v}"' in key for k, v in labels.items())
-            ):
-                total += float(value)
-        return total
+        return promtext.total([self.metrics()], name, **labels)
 
     def events(self, domain: str = "", history: int = 10_000) -> list[colo_pb2.Event]:
         """Every event the coordinator still holds (a stream read with a short deadline)."""
@@ -84,47 +88,14 @@ class CoordinatorProcess:
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                return self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        return self.proc.returncode
+        return self.process.stop(sig)
 
 
 def start_coordinator(
     tmp: Path, *extra: str, listen: str = "127.0.0.1:0", name: str = "coordinator", db: Path | None = None
 ) -> CoordinatorProcess:
-    ready = tmp / f"{name}.ready.json"
-    ready.unlink(missing_ok=True)
-    log_path = tmp / f"{name}.log"
-    cmd = [
-        *COLO,
-        "coordinator",
-        "--listen",
-        listen,
-        "--db",
-        str(db or tmp / "colo.db"),
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--ready-file",
-        str(ready),
-        *COORDINATOR_FLAGS,
-        *extra,
-    ]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"coordinator did not start:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    return CoordinatorProcess(proc, json.loads(ready.read_text()), log_path)
+    args = coordinator_args(db or tmp / "colo.db", *COORDINATOR_FLAGS, *extra, listen=listen)
+    return CoordinatorProcess(launch(tmp, name, args))
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0, every: float = 0.02) -> T:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster import COLO, AgentProcess, start_agent
+from cluster import AgentProcess, start_agent
 from coordinated import (
     CoordinatorProcess,
     agents_alive,
@@ -34,6 +34,7 @@ from coordinated import (
 
 from colo_plane._proto import colo_pb2
 from colo_plane.coordinator.store import SqliteStore
+from colo_plane.localcluster import COLO
 
 pytestmark = pytest.mark.system
 

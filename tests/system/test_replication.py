@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-import urllib.request
 from collections import defaultdict
 
 import grpc
@@ -14,6 +13,7 @@ import pytest
 from cluster import AgentProcess, RecordingCoordinator, StartAgent, checkpoint, protect, sim_spec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from colo_plane import promtext
 from colo_plane._proto import colo_pb2
 from colo_plane.agent import handshake
 
@@ -29,14 +29,7 @@ CHECKPOINT = [
 
 def metric(agent: AgentProcess, name: str, **labels: str) -> float:
     """The sum of a metric's samples on the agent's /metrics that carry labels (0 when absent)."""
-    text = urllib.request.urlopen(f"http://{agent.info['metrics']}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        key, _, value = line.rpartition(" ")
-        base, _, rest = key.partition("{")
-        if base == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += float(value)
-    return total
+    return promtext.total([promtext.scrape(agent.info["metrics"], timeout=5)], name, **labels)
 
 
 def by_epoch(
