@@ -72,17 +72,15 @@ def start_recording_coordinator() -> tuple[grpc.Server, RecordingCoordinator, st
 
 
 @dataclass
-class AgentProcess:
-    """A `colo agent` process (colo_plane.localcluster) with an Agent stub."""
+class Daemon:
+    """A `colo` daemon started by colo_plane.localcluster.launch, with a
+    gRPC channel to it."""
 
-    host_id: str
     process: Process
     channel: grpc.Channel = field(init=False)
-    stub: colo_pb2_grpc.AgentStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.channel = grpc.insecure_channel(self.info["grpc"])
-        self.stub = colo_pb2_grpc.AgentStub(self.channel)
 
     @property
     def proc(self) -> subprocess.Popen[bytes]:
@@ -96,12 +94,28 @@ class AgentProcess:
     def log_path(self) -> Path:
         return self.process.log
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.channel.close()
+        return self.process.stop(sig)
+
+
+@dataclass
+class AgentProcess(Daemon):
+    """A `colo agent` with an Agent stub."""
+
+    host_id: str = ""
+    stub: colo_pb2_grpc.AgentStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.stub = colo_pb2_grpc.AgentStub(self.channel)
+
     @property
     def data(self) -> str:
         return self.info["data"]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def status(self, domain: str, include_hash: bool = False) -> colo_pb2.DomainStatus:
         reply = self.stub.GetStatus(
@@ -109,16 +123,12 @@ class AgentProcess:
         )
         return reply.domains[0]
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.channel.close()
-        return self.process.stop(sig)
-
 
 StartAgent = Callable[..., "AgentProcess"]
 
 
 def start_agent(tmp: Path, host_id: str, coordinator: str, *extra: str) -> AgentProcess:
-    return AgentProcess(host_id, launch(tmp, host_id, agent_args(host_id, coordinator, *extra)))
+    return AgentProcess(launch(tmp, host_id, agent_args(host_id, coordinator, *extra)), host_id=host_id)
 
 
 def sim_spec(

@@ -3,9 +3,7 @@ loopback, and the small waits the coordinator tests share."""
 
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,11 +11,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
-from cluster import AgentProcess, start_agent
+from cluster import AgentProcess, Daemon, start_agent
 
 from colo_plane import promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.localcluster import Process, coordinator_args, launch
+from colo_plane.localcluster import coordinator_args, launch
 
 T = TypeVar("T")
 
@@ -33,35 +31,18 @@ def free_port() -> int:
 
 
 @dataclass
-class CoordinatorProcess:
-    """A `colo coordinator` process (colo_plane.localcluster) with a stub."""
+class CoordinatorProcess(Daemon):
+    """A `colo coordinator` with a Coordinator stub."""
 
-    process: Process
-    channel: grpc.Channel = field(init=False)
     stub: colo_pb2_grpc.CoordinatorStub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(self.info["grpc"])
+        super().__post_init__()
         self.stub = colo_pb2_grpc.CoordinatorStub(self.channel)
-
-    @property
-    def proc(self) -> subprocess.Popen[bytes]:
-        return self.process.proc
-
-    @property
-    def info(self) -> dict[str, str]:
-        return self.process.info
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log
 
     @property
     def address(self) -> str:
         return self.info["grpc"]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def pair(self, domain: str) -> colo_pb2.Pair:
         return self.stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5).pair
@@ -85,10 +66,6 @@ class CoordinatorProcess:
             if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
                 raise
         return out
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.channel.close()
-        return self.process.stop(sig)
 
 
 def start_coordinator(
