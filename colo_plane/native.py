@@ -705,6 +705,171 @@ class StreamReader:
             self._ptr = None
 
 
+# ---- the COLO proxy -----------------------------------------------------------
+
+
+class ProxyEventKind(enum.IntEnum):
+    HOLD = 1  # a reply is held: ask for a checkpoint including seq
+    RELEASE = 2  # a held reply left: checkpoint epoch resumed
+    LINK_LOST = 3  # the link to the secondary failed; output is held
+
+
+PROXY_REASONS: Final = {1: "mismatch", 2: "timeout"}
+
+
+@dataclass(frozen=True)
+class ProxyEvent:
+    kind: ProxyEventKind
+    reason: str  # HOLD: "mismatch" or "timeout"
+    seq: int
+    epoch: int
+    t_ns: int  # CLOCK_MONOTONIC
+    code: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class ProxyStats:
+    requests: int
+    held: int
+    mismatches: int
+    timeouts: int
+    clients: int
+    clients_refused: int
+    last_seq: int
+    covered: int
+    events_lost: int
+
+
+class Proxy:
+    """The primary's COLO proxy (native/proxy.c): a C thread serves the
+    clients of listener with dom's guest service and compares replies with
+    the secondary's.  It takes the sockets over; close() stops it."""
+
+    __slots__ = ("_dom", "_events", "_ptr")
+
+    def __init__(self, dom: Domain, listener: socket.socket, reply_timeout: float) -> None:
+        ms = round(reply_timeout * 1000)
+        if not 0 < ms < 2**32:
+            raise ValueError(f"reply timeout must be positive, got {reply_timeout}")
+        out = ffi.new("colo_proxy **")
+        fd = listener.fileno()
+        _check(lib.colo_proxy_new(dom._p(), fd, ms, out))
+        listener.detach()  # the proxy owns it now
+        self._dom = dom  # the guest must outlive the thread serving it
+        self._ptr: Any = out[0]
+        self._events = ffi.new("struct colo_proxy_event[]", 256)
+
+    def _p(self) -> Any:
+        if self._ptr is None:
+            raise ValueError("proxy is closed")
+        return self._ptr
+
+    @property
+    def event_fd(self) -> int:
+        """Readable when events are queued."""
+        return int(lib.colo_proxy_event_fd(self._p()))
+
+    def attach(self, link: socket.socket) -> None:
+        """A secondary in sync: compare its replies from now on."""
+        _check(lib.colo_proxy_attach(self._p(), link.fileno()))
+        link.detach()
+
+    def detach(self) -> None:
+        lib.colo_proxy_detach(self._p())
+
+    def unprotect(self) -> int:
+        """Replies go straight out; returns how many held ones were released."""
+        n = ffi.new("uint64_t *")
+        lib.colo_proxy_unprotect(self._p(), n)
+        return int(n[0])
+
+    def checkpoint_done(self, epoch: int, last_seq: int) -> None:
+        lib.colo_proxy_checkpoint_done(self._p(), _u64("epoch", epoch), _u64("last_seq", last_seq))
+
+    def events(self) -> list[ProxyEvent]:
+        out: list[ProxyEvent] = []
+        n = ffi.new("uint64_t *")
+        while True:
+            lib.colo_proxy_events(self._p(), self._events, 256, n)
+            for i in range(int(n[0])):
+                ev = self._events[i]
+                out.append(
+                    ProxyEvent(
+                        ProxyEventKind(ev.kind),
+                        PROXY_REASONS.get(int(ev.reason), ""),
+                        int(ev.seq),
+                        int(ev.epoch),
+                        int(ev.t_ns),
+                        int(ev.code),
+                        ffi.string(ev.detail).decode(errors="replace"),
+                    )
+                )
+            if n[0] < 256:
+                return out
+
+    def stats(self) -> ProxyStats:
+        st = ffi.new("struct colo_proxy_stats *")
+        lib.colo_proxy_stats(self._p(), st)
+        return ProxyStats(*(int(getattr(st, f)) for f in ProxyStats.__dataclass_fields__))
+
+    def close(self) -> None:
+        """Stops the thread, closes every client and the link."""
+        if self._ptr is not None:
+            lib.colo_proxy_free(self._ptr)
+            self._ptr = None
+
+
+@dataclass(frozen=True)
+class MirrorResult:
+    finished: bool
+    code: int  # why it ended (EOF: the primary closed the link)
+    served: int
+    skipped: int  # requests a checkpoint already carried
+    detail: str
+
+
+class Mirror:
+    """The secondary's end of the proxy (native/mirror.c): a C thread runs
+    the primary's requests on dom.  Takes the link over; close() stops it."""
+
+    __slots__ = ("_dom", "_ptr")
+
+    def __init__(self, dom: Domain, link: socket.socket) -> None:
+        out = ffi.new("colo_mirror **")
+        _check(lib.colo_mirror_new(dom._p(), link.fileno(), out))
+        link.detach()
+        self._dom = dom
+        self._ptr: Any = out[0]
+
+    @property
+    def done_fd(self) -> int:
+        """Readable once the link ended."""
+        if self._ptr is None:
+            raise ValueError("mirror is closed")
+        return int(lib.colo_mirror_done_fd(self._ptr))
+
+    def result(self) -> MirrorResult:
+        if self._ptr is None:
+            raise ValueError("mirror is closed")
+        finished = ffi.new("int *")
+        served, skipped = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        detail = ffi.new("char[]", 256)
+        code = lib.colo_mirror_result(self._ptr, finished, served, skipped, detail, 256)
+        return MirrorResult(
+            bool(finished[0]),
+            int(code),
+            int(served[0]),
+            int(skipped[0]),
+            ffi.string(detail).decode(errors="replace"),
+        )
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lib.colo_mirror_free(self._ptr)
+            self._ptr = None
+
+
 # ---- raw baseline -----------------------------------------------------------
 
 

@@ -25,6 +25,9 @@ SOURCES = [
     "sim.c",
     "service.c",
     "stream.c",
+    "proxyio.c",
+    "proxy.c",
+    "mirror.c",
     "bench.c",
     "xen.c",
 ]

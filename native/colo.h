@@ -276,6 +276,90 @@ void colo_reader_set_verify_buffer(colo_reader *r, uint64_t *page_hashes);
 void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
                       uint64_t *pfns, uint64_t cap, uint64_t *count);
 
+/* ---- the COLO proxy (proxy.c, mirror.c) ---------------------------------- */
+
+/* The proxy's data path (DESIGN.md section 5), on a thread of its own so no
+ * client request crosses Python.  Sim guests only (the guest service).
+ *
+ * Primary (colo_proxy): serves the clients accepted on listen_fd, one
+ * request line -> one reply line, requests numbered after the guest's last
+ * processed one.  Unprotected, replies go straight out.  Attached to a
+ * secondary, each request is also framed to it and the primary's reply
+ * waits for the secondary's: equal -> released; different, or missing past
+ * reply_timeout_ms -> held, and a HOLD event asks for a checkpoint.  A
+ * checkpoint whose state includes a request releases it
+ * (colo_proxy_checkpoint_done).  Replies leave each connection in request
+ * order.  Events are queued; event_fd (an eventfd) becomes readable when the
+ * queue gets its first one.  The proxy owns every fd handed to it. */
+
+typedef struct colo_proxy colo_proxy;
+
+enum colo_proxy_event_kind {
+    COLO_PX_HOLD = 1,        /* reply seq is held (reason): ask for a checkpoint including it */
+    COLO_PX_RELEASE = 2,     /* held reply seq released: checkpoint epoch resumed, t_ns */
+    COLO_PX_LINK_LOST = 3    /* the link to the secondary failed (code, detail); output is held */
+};
+
+enum colo_proxy_reason {
+    COLO_PX_MISMATCH = 1,    /* the secondary's reply differs */
+    COLO_PX_TIMEOUT = 2      /* no reply from the secondary within the timeout */
+};
+
+struct colo_proxy_event {
+    uint32_t kind;           /* enum colo_proxy_event_kind */
+    uint32_t reason;         /* HOLD: enum colo_proxy_reason */
+    uint64_t seq;
+    uint64_t epoch;
+    uint64_t t_ns;           /* CLOCK_MONOTONIC when it happened */
+    int32_t code;            /* LINK_LOST: the error */
+    uint32_t reserved;
+    char detail[112];        /* LINK_LOST: what failed */
+};
+
+struct colo_proxy_stats {
+    uint64_t requests;       /* client requests served by the guest */
+    uint64_t held;           /* replies held now */
+    uint64_t mismatches;
+    uint64_t timeouts;
+    uint64_t clients;        /* client connections open */
+    uint64_t clients_refused;/* connections refused: too many, or a line past the limit */
+    uint64_t last_seq;       /* the last request's sequence number */
+    uint64_t covered;        /* highest seq a resumed checkpoint includes */
+    uint64_t events_lost;    /* events that found no memory (ask for a checkpoint anyway) */
+};
+
+int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, colo_proxy **out);
+/* Stops the thread and closes every fd (clients, link, listener). */
+void colo_proxy_free(colo_proxy *p);
+int colo_proxy_event_fd(const colo_proxy *p);
+/* A secondary in sync: compare from now on (link_fd taken over). */
+int colo_proxy_attach(colo_proxy *p, int link_fd);
+/* The secondary is gone: hold what is not released yet. */
+void colo_proxy_detach(colo_proxy *p);
+/* Replies go straight out; everything held is released (*released of them). */
+void colo_proxy_unprotect(colo_proxy *p, uint64_t *released);
+/* SECONDARY_RESUMED of checkpoint epoch, whose state includes every request <= last_seq. */
+void colo_proxy_checkpoint_done(colo_proxy *p, uint64_t epoch, uint64_t last_seq);
+/* Takes up to cap queued events, oldest first; reads the eventfd clear. */
+void colo_proxy_events(colo_proxy *p, struct colo_proxy_event *out, uint64_t cap, uint64_t *n);
+void colo_proxy_stats(colo_proxy *p, struct colo_proxy_stats *out);
+
+/* Secondary (colo_mirror): runs the primary's framed requests on the
+ * secondary guest in order and frames each reply back; a request the guest
+ * already has (a checkpoint carried it: COLO_E_DUPLICATE) is skipped.  When
+ * the link ends, done_fd (an eventfd) becomes readable and
+ * colo_mirror_result says why. */
+
+typedef struct colo_mirror colo_mirror;
+
+int colo_mirror_new(colo_domain *dom, int link_fd, colo_mirror **out);
+void colo_mirror_free(colo_mirror *m);
+int colo_mirror_done_fd(const colo_mirror *m);
+/* *finished = 1 once the link ended; its code is returned (COLO_E_EOF: the
+ * primary closed it) and detail (cap bytes) says what failed. */
+int colo_mirror_result(colo_mirror *m, int *finished, uint64_t *served, uint64_t *skipped,
+                       char *detail, uint64_t cap);
+
 /* ---- raw baseline (bench.c) --------------------------------------------- */
 
 /* Send / receive total bytes in chunks of chunk bytes, walking through

@@ -134,4 +134,31 @@ int colo_io_write_all(int fd, const void *buf, size_t len, int timeout_ms);
 int colo_io_read_all(int fd, void *buf, size_t len, int timeout_ms, int at_boundary);
 int colo_io_readv_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms);
 
+/* ---- proxy byte queues and link frames (proxyio.c) --------------------- */
+
+#define COLO_PX_FRAME_HEAD 12       /* u64 seq, u32 length, big-endian */
+#define COLO_PX_LINE_MAX 512        /* a request line, as the guest service takes it */
+#define COLO_PX_PAYLOAD_MAX (COLO_PX_LINE_MAX + 64)
+
+/* Bytes [off, len) of data are queued. */
+struct colo_bytes {
+    uint8_t *data;
+    size_t off, len, cap;
+};
+
+int colo_bytes_append(struct colo_bytes *b, const void *p, size_t n);
+int colo_bytes_frame(struct colo_bytes *b, uint64_t seq, const uint8_t *p, uint32_t n);
+void colo_bytes_free(struct colo_bytes *b);
+/* Writes what the socket takes now; COLO_OK with bytes left when it would block. */
+int colo_bytes_send(struct colo_bytes *b, int fd);
+/* Reads what the socket has now, at most max bytes (*got = 0: nothing yet);
+ * COLO_E_EOF when the peer closed. */
+int colo_bytes_recv(struct colo_bytes *b, int fd, size_t max, size_t *got);
+/* Takes the next whole frame off the front (*have = 1; payload points into
+ * b until its next change); COLO_E_RECORD_TOO_LONG for a length past
+ * COLO_PX_PAYLOAD_MAX. */
+int colo_frame_next(struct colo_bytes *b, int *have, uint64_t *seq, const uint8_t **payload, uint32_t *len);
+/* Nanoseconds of CLOCK_MONOTONIC. */
+uint64_t colo_now_ns(void);
+
 #endif

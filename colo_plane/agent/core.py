@@ -62,7 +62,6 @@ class AgentCore:
         self.sink = sink
         self.coordinator = coordinator
         self.replicas: dict[str, Replica] = {}
-        self._background: set[asyncio.Task[None]] = set()
 
     # -- checks ----------------------------------------------------------------
 
@@ -204,9 +203,8 @@ class AgentCore:
                 replica.domain,
             )
             return
-        reader, writer = await asyncio.open_connection(sock=link, limit=1 << 16)
         replica.proxy_task = asyncio.create_task(
-            proxy.SecondaryProxy(replica.domain, replica.dom).run(reader, writer),
+            proxy.SecondaryProxy(replica.domain, replica.dom).run(link),
             name=f"proxy-{replica.domain}",
         )
 
@@ -228,9 +226,8 @@ class AgentCore:
             # Mirror client requests from before the snapshot on: the secondary
             # runs every request after the first boot's last_seq.
             link_sock = await self._connect(req, secret, handshake.PROXY)
-            reader, writer = await asyncio.open_connection(sock=link_sock, limit=1 << 16)
             assert replica.proxy is not None
-            await replica.proxy.attach(reader, writer)
+            await replica.proxy.attach(link_sock)
             replica.link = PrimaryLink(
                 domain=req.domain,
                 generation=req.generation,
@@ -287,10 +284,11 @@ class AgentCore:
             )
         log.info("%s: serving clients on %s", replica.domain, replica.service_address)
 
-    def _request_checkpoint(self, replica: Replica, seq: int, reason: str) -> None:
-        """Asks the coordinator for a checkpoint (outputs diverged); never blocks."""
+    async def _request_checkpoint(self, replica: Replica, seq: int, reason: str) -> bool:
+        """Asks the coordinator for a checkpoint including request seq (outputs
+        diverged); True once it took the request."""
         if self.coordinator is None:
-            return
+            return False
         req = colo_pb2.RequestCheckpointRequest(
             domain=replica.domain,
             generation=replica.generation,
@@ -301,22 +299,17 @@ class AgentCore:
             if reason == "mismatch"
             else colo_pb2.CHECKPOINT_REQUEST_REASON_REPLY_TIMEOUT,
         )
-
-        async def send() -> None:
-            assert self.coordinator is not None
-            try:
-                await self.coordinator.RequestCheckpoint(req, timeout=RPC_TIMEOUT)
-            except grpc.aio.AioRpcError as exc:
-                log.warning(
-                    "%s: checkpoint request for request %d failed: %s",
-                    replica.domain,
-                    seq,
-                    exc.details() or exc.code().name,
-                )
-
-        task = asyncio.create_task(send())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        try:
+            await self.coordinator.RequestCheckpoint(req, timeout=RPC_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "%s: checkpoint request for request %d failed: %s",
+                replica.domain,
+                seq,
+                exc.details() or exc.code().name,
+            )
+            return False
+        return True
 
     async def _connect(self, req: colo_pb2.StartPrimaryRequest, secret: bytes, channel: int) -> socket.socket:
         try:
