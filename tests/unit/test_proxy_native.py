@@ -1,0 +1,258 @@
+"""The proxy's native data path (native/proxy.c, native/mirror.c) over real
+TCP sockets: a test plays the client and the other end of the link."""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from colo_plane.native import Domain, ErrorCode, Mirror, Proxy, ProxyEvent, ProxyEventKind
+
+FRAME = struct.Struct(">QI")
+
+
+def frame(seq: int, payload: bytes) -> bytes:
+    return FRAME.pack(seq, len(payload)) + payload
+
+
+def read_frames(sock: socket.socket, count: int, timeout: float = 5.0) -> list[tuple[int, bytes]]:
+    sock.settimeout(timeout)
+    buf, out = b"", []
+    while len(out) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "link closed"
+        buf += chunk
+        while len(buf) >= FRAME.size:
+            seq, n = FRAME.unpack_from(buf)
+            if len(buf) < FRAME.size + n:
+                break
+            out.append((seq, buf[FRAME.size : FRAME.size + n]))
+            buf = buf[FRAME.size + n :]
+    return out
+
+
+def read_line(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    sock.settimeout(timeout)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(1)
+        assert chunk, f"closed after {buf!r}"
+        buf += chunk
+    return buf
+
+
+def nothing_arrives(sock: socket.socket, within: float = 0.2) -> bool:
+    return not select.select([sock], [], [], within)[0]
+
+
+def wait_events(proxy: Proxy, count: int, timeout: float = 5.0) -> list[ProxyEvent]:
+    got: list[ProxyEvent] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        select.select([proxy.event_fd], [], [], 0.05)
+        got += proxy.events()
+    return got
+
+
+@pytest.fixture
+def dom() -> Iterator[Domain]:
+    d = Domain.sim(pages=256, seed=3, service_pages=32)
+    d.unpause()
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def proxy(dom: Domain) -> Iterator[tuple[Proxy, tuple[str, int]]]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    p = Proxy(dom, listener, reply_timeout=0.3)
+    yield p, address
+    p.close()
+
+
+def attach(p: Proxy) -> socket.socket:
+    ours, theirs = socket.socketpair()
+    p.attach(theirs)
+    return ours
+
+
+def client(address: tuple[str, int]) -> socket.socket:
+    return socket.create_connection(address, timeout=5)
+
+
+def test_unprotected_replies_go_straight_out_and_seqs_follow_the_guest(
+    dom: Domain, proxy: tuple[Proxy, tuple[str, int]]
+) -> None:
+    p, address = proxy
+    c = client(address)
+    c.sendall(b"SET a 1\nGET a\r\nCOUNT\n")
+    assert [read_line(c) for _ in range(3)] == [b"OK\n", b"VALUE 1\n", b"COUNT 1\n"]
+    assert dom.service_seq() == 3
+    st = p.stats()
+    assert (st.requests, st.last_seq, st.held) == (3, 3, 0)
+
+
+def test_equal_replies_are_released_when_the_secondary_agrees(proxy: tuple[Proxy, tuple[str, int]]) -> None:
+    p, address = proxy
+    link = attach(p)
+    c = client(address)
+    c.sendall(b"SET k v\n")
+    assert read_frames(link, 1) == [(1, b"SET k v")]
+    assert nothing_arrives(c)  # waits for the secondary's reply
+    link.sendall(frame(1, b"OK\n"))
+    assert read_line(c) == b"OK\n"
+
+
+def test_a_different_reply_is_held_until_a_checkpoint_covers_it(
+    proxy: tuple[Proxy, tuple[str, int]],
+) -> None:
+    p, address = proxy
+    link = attach(p)
+    c = client(address)
+    c.sendall(b"SET k v\nGET k\n")
+    assert [s for s, _ in read_frames(link, 2)] == [1, 2]
+    link.sendall(frame(1, b"OK t=1234\n") + frame(2, b"VALUE v\n"))
+    (hold,) = wait_events(p, 1)
+    assert (hold.kind, hold.seq, hold.reason) == (ProxyEventKind.HOLD, 1, "mismatch")
+    assert nothing_arrives(c)  # request 2 agreed but leaves after request 1 on this connection
+    assert p.stats().held == 1
+    p.checkpoint_done(epoch=7, last_seq=0)  # a checkpoint from before the request releases nothing
+    assert nothing_arrives(c)
+    p.checkpoint_done(epoch=8, last_seq=1)
+    assert [read_line(c), read_line(c)] == [b"OK\n", b"VALUE v\n"]
+    (release,) = wait_events(p, 1)
+    assert (release.kind, release.seq, release.epoch) == (ProxyEventKind.RELEASE, 1, 8)
+    assert release.t_ns > hold.t_ns
+    assert p.stats().held == 0
+
+
+def test_a_missing_reply_times_out_into_a_hold(proxy: tuple[Proxy, tuple[str, int]]) -> None:
+    p, address = proxy
+    link = attach(p)
+    c = client(address)
+    c.sendall(b"PING\n")
+    read_frames(link, 1)
+    (hold,) = wait_events(p, 1, timeout=3.0)
+    assert (hold.kind, hold.seq, hold.reason) == (ProxyEventKind.HOLD, 1, "timeout")
+    assert p.stats().timeouts == 1
+    released = p.unprotect()
+    assert released == 1
+    assert read_line(c) == b"PONG\n"
+
+
+def test_a_line_past_the_limit_is_refused_and_changes_nothing(
+    dom: Domain, proxy: tuple[Proxy, tuple[str, int]]
+) -> None:
+    p, address = proxy
+    c = client(address)
+    c.sendall(b"SET big " + b"x" * 600 + b"\n")
+    assert read_line(c).startswith(b"ERROR request line longer than 512 bytes")
+    assert c.recv(10) == b""  # and the connection is closed
+    assert dom.service_seq() == 0
+    assert p.stats().clients_refused == 1
+    c2 = client(address)  # others are served on
+    c2.sendall(b"PING\n")
+    assert read_line(c2) == b"PONG\n"
+
+
+def test_a_bad_request_gets_an_error_reply(proxy: tuple[Proxy, tuple[str, int]]) -> None:
+    _, address = proxy
+    c = client(address)
+    c.sendall(b"SET k \x01\n")
+    assert read_line(c).startswith(b"ERROR request holds a non-printable byte")
+
+
+def test_a_half_closed_client_still_gets_its_replies(proxy: tuple[Proxy, tuple[str, int]]) -> None:
+    _, address = proxy
+    c = client(address)
+    c.sendall(b"SET h 1\nGET h\n")
+    c.shutdown(socket.SHUT_WR)
+    assert [read_line(c), read_line(c)] == [b"OK\n", b"VALUE 1\n"]
+    assert c.recv(10) == b""
+
+
+def test_a_malformed_link_frame_drops_the_link_and_holds_output(
+    proxy: tuple[Proxy, tuple[str, int]],
+) -> None:
+    p, address = proxy
+    link = attach(p)
+    c = client(address)
+    c.sendall(b"PING\n")
+    read_frames(link, 1)
+    link.sendall(FRAME.pack(1, 1 << 20))
+    (lost,) = wait_events(p, 1)
+    assert lost.kind is ProxyEventKind.LINK_LOST
+    assert lost.code == ErrorCode.RECORD_TOO_LONG
+    assert "proxy frame of 1048576 bytes" in lost.detail
+    assert link.recv(10) == b""  # the proxy closed it
+    assert nothing_arrives(c, 0.5)  # never released by a stranger's bytes
+    assert p.unprotect() == 1
+    assert read_line(c) == b"PONG\n"
+
+
+def test_requests_wait_while_the_guest_is_paused(dom: Domain, proxy: tuple[Proxy, tuple[str, int]]) -> None:
+    _, address = proxy
+    dom.pause()
+    c = client(address)
+    c.sendall(b"SET p 1\n")
+    assert nothing_arrives(c, 0.3)
+    assert dom.service_seq() == 0
+    dom.unpause()
+    assert read_line(c) == b"OK\n"
+
+
+def test_mirror_runs_requests_in_order_and_skips_what_a_checkpoint_carried(dom: Domain) -> None:
+    ours, theirs = socket.socketpair()
+    m = Mirror(dom, theirs)
+    try:
+        ours.sendall(frame(1, b"SET a 1") + frame(2, b"GET a"))
+        assert read_frames(ours, 2) == [(1, b"OK\n"), (2, b"VALUE 1\n")]
+        ours.sendall(frame(2, b"SET a 2") + frame(3, b"GET a"))  # 2 is already in the guest
+        assert read_frames(ours, 1) == [(3, b"VALUE 1\n")]
+        ours.sendall(FRAME.pack(4, 1 << 20))
+        select.select([m.done_fd], [], [], 5)
+        result = m.result()
+        assert result.finished
+        assert result.code == ErrorCode.RECORD_TOO_LONG
+        assert (result.served, result.skipped) == (3, 1)
+    finally:
+        m.close()
+        ours.close()
+
+
+def test_mirror_stops_on_close_while_the_guest_is_paused(dom: Domain) -> None:
+    ours, theirs = socket.socketpair()
+    m = Mirror(dom, theirs)
+    dom.pause()
+    ours.sendall(frame(1, b"PING"))
+    time.sleep(0.1)
+    started = time.monotonic()
+    m.close()
+    assert time.monotonic() - started < 1.0
+    assert ours.recv(10) == b""
+    ours.close()
+
+
+def test_past_the_ring_the_proxy_stops_reading_until_replies_leave(
+    proxy: tuple[Proxy, tuple[str, int]],
+) -> None:
+    p, address = proxy
+    link = attach(p)
+    c = client(address)
+    c.sendall(b"PING\n" * 5000)
+    assert len(read_frames(link, 4096)) == 4096
+    assert nothing_arrives(link, 0.3)  # 4096 outstanding: the rest wait unread
+    assert p.stats().last_seq == 4096
+    p.unprotect()
+    replies = b""
+    c.settimeout(5)
+    while replies.count(b"\n") < 5000:
+        replies += c.recv(65536)
+    assert replies == b"PONG\n" * 5000
+    assert p.stats().last_seq == 5000
