@@ -140,7 +140,11 @@ def _parser() -> argparse.ArgumentParser:
     bckpt.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bckpt.set_defaults(func=_cmd_bench_checkpoint)
     bsvc = bench_sub.add_parser("service", help="loadgen protected vs unprotected, same guest, same run")
-    bsvc.add_argument("--divergence", default="0,0.01,0.1", help="divergence probabilities, comma-separated")
+    bsvc.add_argument(
+        "--divergence",
+        default="0,0.01,0.1",
+        help="divergence rates (share of replies that differ), comma-separated",
+    )
     bsvc.add_argument("--clients", type=int, default=8)
     bsvc.add_argument("--seconds", type=float, default=5.0, help="per measurement (3 rounds of each mode)")
     bsvc.add_argument("--json", action="store_true", help="one JSON object of the figures")
