@@ -123,6 +123,12 @@ CHECKPOINT_REQUESTS = Counter(
     "Checkpoint requests received (RequestCheckpoint, Checkpoint)",
     ["trigger", "coalesced"],
 )
+SYNC_REPORTS_REFUSED = Counter(
+    "colo_sync_reports_refused_total",
+    "Sync-point reports refused (ReportSyncPoint calls, ReportSyncPoints messages), by reason: the "
+    "status code, lower case",
+    ["reason"],
+)
 FAILOVERS = Counter("colo_failovers_total", "Failovers and role losses, by cause", ["cause"])
 AGENTS_ALIVE = Gauge("colo_agents_alive", "Agents whose heartbeats arrive in time")
 AGENTS_KNOWN = Gauge("colo_agents", "Agents the coordinator knows, alive or not")

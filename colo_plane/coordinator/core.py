@@ -30,12 +30,13 @@ from colo_plane.coordinator.statemachine import (
     PairRecord,
 )
 from colo_plane.coordinator.store import Store
-from colo_plane.rpc import RpcError, check_domain, duration, fail
+from colo_plane.rpc import RpcError, check_domain, check_generation, duration, fail
 
 log = logging.getLogger(__name__)
 
 MAX_SIM_PAGES = 1 << 24
 HOST_ID_MAX = 253
+CONTROL_IDS = frozenset(colo_pb2.ControlId.values())
 
 
 def _copy(pair: colo_pb2.Pair) -> colo_pb2.Pair:
@@ -563,6 +564,12 @@ class Coordinator:
         self, req: colo_pb2.ReportSyncPointRequest
     ) -> colo_pb2.ReportSyncPointResponse:
         rec = self._pair(req.domain)
+        check_generation(req.generation)
+        if req.control_id not in CONTROL_IDS:
+            fail(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"control_id {req.control_id} is not a sync point (0..{max(CONTROL_IDS)}): fix the reporter",
+            )
         if req.generation < rec.generation:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,

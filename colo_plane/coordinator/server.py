@@ -42,11 +42,13 @@ class Running:
     """A started coordinator (for the daemon, and in-process for benches)."""
 
     core: Coordinator
+    servicer: CoordinatorServicer
     server: grpc.aio.Server
     health_servicer: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     address: str
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        self.servicer.end_streams()
         await serving.shutdown(self.server, self.health_servicer, grace)
         await self.core.close()
         self.core.store.close()
@@ -60,12 +62,13 @@ async def start(db: str, listen: str, settings: Settings) -> Running:
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor()], options=[*serving.SERVER_OPTIONS, ("grpc.so_reuseport", 0)]
     )
-    colo_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(core), server)
+    servicer = CoordinatorServicer(core)
+    colo_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health = serving.add_health_and_reflection(server, [SERVICE])
     address = serving.bind(server, listen)
     await server.start()
     await serving.set_serving(health, [SERVICE])
-    return Running(core, server, health, address)
+    return Running(core, servicer, server, health, address)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -5,15 +5,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+from prometheus_client import Counter
 
+from colo_plane import metrics
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.coordinator.core import Coordinator
 from colo_plane.coordinator.events import WatcherTooSlow
 from colo_plane.coordinator.store import StoreError
 from colo_plane.rpc import Context, Req, Resp, RpcError, answer
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _refused(code: grpc.StatusCode) -> Counter:
+    return metrics.SYNC_REPORTS_REFUSED.labels(code.name.lower())
+
+
+def _control_name(control_id: int) -> str:
+    if control_id in colo_pb2.ControlId.values():
+        return colo_pb2.ControlId.Name(control_id).removeprefix("CONTROL_ID_")
+    return f"control_id {control_id}"
 
 
 async def _call(fn: Callable[[Req], Awaitable[Resp]], request: Req, context: Context) -> Resp:
@@ -27,6 +45,13 @@ async def _call(fn: Callable[[Req], Awaitable[Resp]], request: Req, context: Con
 class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[misc]
     def __init__(self, core: Coordinator) -> None:
         self.core = core
+        self._closing = asyncio.Event()
+
+    def end_streams(self) -> None:
+        """Shutdown: every ReportSyncPoints stream answers now with what it
+        handled, rather than holding the server's graceful stop for its whole
+        grace (the agents send the rest to the next coordinator)."""
+        self._closing.set()
 
     # -- client side --------------------------------------------------------------
 
@@ -102,4 +127,52 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
     async def ReportSyncPoint(
         self, request: colo_pb2.ReportSyncPointRequest, context: Context
     ) -> colo_pb2.ReportSyncPointResponse:
-        return await _call(self.core.report_sync_point, request, context)
+        return await _call(self._report, request, context)
+
+    async def _report(self, request: colo_pb2.ReportSyncPointRequest) -> colo_pb2.ReportSyncPointResponse:
+        try:
+            return await self.core.report_sync_point(request)
+        except RpcError as exc:
+            _refused(exc.code).inc()
+            raise
+
+    async def ReportSyncPoints(
+        self, request_iterator: AsyncIterator[colo_pb2.ReportSyncPointRequest], context: Context
+    ) -> colo_pb2.ReportSyncPointsResponse:
+        out = colo_pb2.ReportSyncPointsResponse()
+
+        async def read() -> None:
+            async for req in request_iterator:
+                try:
+                    await self.core.report_sync_point(req)
+                except RpcError as exc:
+                    # One refused report must not end the stream: the ones after it are good.
+                    out.refused += 1
+                    _refused(exc.code).inc()
+                    log.warning(
+                        "refused sync point %s of %r (generation %d, epoch %d) from %s: %s: %s",
+                        _control_name(req.control_id),
+                        req.domain,
+                        req.generation,
+                        req.epoch,
+                        req.host_id or context.peer(),
+                        exc.code.name,
+                        exc.message,
+                    )
+                else:
+                    out.accepted += 1
+
+        # Read beside a wait for shutdown: a stream ends at the agent's half-close,
+        # or early when the coordinator stops (the answer says how far it got).
+        reader = asyncio.ensure_future(read())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            done, _ = await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            reader.cancel()  # nothing if it is done; else it waits for the next message
+        if reader in done:
+            reader.result()  # a bug in handling ends the stream with UNKNOWN
+        else:
+            await asyncio.wait((reader,))  # let the cancellation land: the counts are final
+        return out
