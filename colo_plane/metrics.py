@@ -65,7 +65,13 @@ DIRTY_PAGES = Histogram(
 )
 SYNC_POINTS = Counter("colo_sync_points_total", "Sync points sent by this agent", ["control_id"])
 SYNC_REPORTS_DROPPED = Counter(
-    "colo_sync_reports_dropped_total", "ReportSyncPoint calls given up (coordinator unreachable)"
+    "colo_sync_reports_dropped_total",
+    "Sync-point reports never written to the coordinator (queue full, or still queued at shutdown)",
+)
+SYNC_REPORTS_UNCONFIRMED = Counter(
+    "colo_sync_reports_unconfirmed_total",
+    "Sync-point reports written to a ReportSyncPoints stream that broke before the coordinator "
+    "answered: each may or may not have arrived",
 )
 HANDSHAKE_FAILURES = Counter(
     "colo_data_handshake_failures_total",

@@ -20,13 +20,15 @@ from colo_plane.localcluster import Process, agent_args, launch
 
 
 class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
-    """Accepts registrations and heartbeats; records every sync point."""
+    """Accepts registrations and heartbeats; records every sync point, whether
+    reported by a ReportSyncPoint call or on a ReportSyncPoints stream."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sync_points: list[colo_pb2.ReportSyncPointRequest] = []
         self.registered: dict[str, colo_pb2.RegisterAgentRequest] = {}
         self.checkpoint_requests: list[colo_pb2.RequestCheckpointRequest] = []
+        self.unary_reports = 0  # sync points that came by ReportSyncPoint rather than on a stream
 
     def RegisterAgent(self, request: Any, context: Any) -> colo_pb2.RegisterAgentResponse:  # noqa: N802
         with self.lock:
@@ -44,7 +46,16 @@ class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
     def ReportSyncPoint(self, request: Any, context: Any) -> colo_pb2.ReportSyncPointResponse:  # noqa: N802
         with self.lock:
             self.sync_points.append(request)
+            self.unary_reports += 1
         return colo_pb2.ReportSyncPointResponse(generation=request.generation)
+
+    def ReportSyncPoints(self, request_iterator: Any, context: Any) -> colo_pb2.ReportSyncPointsResponse:  # noqa: N802
+        accepted = 0
+        for request in request_iterator:
+            with self.lock:
+                self.sync_points.append(request)
+            accepted += 1
+        return colo_pb2.ReportSyncPointsResponse(accepted=accepted)
 
     def points(self, domain: str) -> list[colo_pb2.ReportSyncPointRequest]:
         with self.lock:
@@ -63,7 +74,8 @@ class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
 
 
 def start_recording_coordinator() -> tuple[grpc.Server, RecordingCoordinator, str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    # Each agent's ReportSyncPoints stream holds a worker for as long as it is open.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     recorder = RecordingCoordinator()
     colo_pb2_grpc.add_CoordinatorServicer_to_server(recorder, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -63,6 +63,7 @@ def test_first_boot_then_200_checkpoints_all_verify(
     assert sum(a_sizes) > 0 and sum(b_sizes) > 0
     points = rec.wait_for("vm1", 2 + 200 * 3)
     assert len(points) == 2 + 200 * 3
+    assert rec.unary_reports == 0  # the agents report on ReportSyncPoints streams
     epochs = by_epoch(points)
     assert sorted(epochs) == list(range(1, 202))
     for epoch, pts in epochs.items():
