@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from prometheus_client import Counter
 
 from colo_plane import metrics
 
@@ -16,6 +17,20 @@ from colo_plane import metrics
 def _split(method: str) -> tuple[str, str]:
     _, service, name = method.split("/", 2) if method.count("/") >= 2 else ("", "unknown", method)
     return service, name
+
+
+class _Handled:
+    """grpc_server_handled_total of one method, its children by code looked up once."""
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self._labels = labels
+        self._by_code: dict[str, Counter] = {}
+
+    def inc(self, code: str) -> None:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = metrics.GRPC_HANDLED.labels(*self._labels, code)
+        child.inc()
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> str:
@@ -28,6 +43,10 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | N
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self) -> None:
+        # method -> (its handler, the wrapped one): built on a method's first call, not on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
@@ -36,7 +55,17 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        service, method = _split(handler_call_details.method)
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, handler_call_details.method)
+        self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], full_method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        service, method = _split(full_method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, "unary", service, method),
@@ -61,9 +90,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     @staticmethod
     def _unary(behavior: Any, grpc_type: str, service: str, method: str) -> Any:
         labels = (grpc_type, service, method)
+        started, handling = metrics.GRPC_STARTED.labels(*labels), metrics.GRPC_HANDLING.labels(*labels)
+        handled = _Handled(labels)
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            metrics.GRPC_STARTED.labels(*labels).inc()
+            started.inc()
             start = time.perf_counter()
             exc: BaseException | None = None
             try:
@@ -72,17 +103,19 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 exc = e
                 raise
             finally:
-                metrics.GRPC_HANDLING.labels(*labels).observe(time.perf_counter() - start)
-                metrics.GRPC_HANDLED.labels(*labels, _code_of(context, exc)).inc()
+                handling.observe(time.perf_counter() - start)
+                handled.inc(_code_of(context, exc))
 
         return wrapper
 
     @staticmethod
     def _server_stream(behavior: Any, service: str, method: str) -> Any:
         labels = ("server_stream", service, method)
+        started, handling = metrics.GRPC_STARTED.labels(*labels), metrics.GRPC_HANDLING.labels(*labels)
+        handled = _Handled(labels)
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            metrics.GRPC_STARTED.labels(*labels).inc()
+            started.inc()
             start = time.perf_counter()
             exc: BaseException | None = None
             try:
@@ -92,7 +125,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 exc = e
                 raise
             finally:
-                metrics.GRPC_HANDLING.labels(*labels).observe(time.perf_counter() - start)
-                metrics.GRPC_HANDLED.labels(*labels, _code_of(context, exc)).inc()
+                handling.observe(time.perf_counter() - start)
+                handled.inc(_code_of(context, exc))
 
         return wrapper
