@@ -19,7 +19,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
@@ -134,7 +134,6 @@ class PairMachine:
         self.store = store
         self.bus = bus
         self.pairs: dict[str, PairRecord] = {}
-        self.changed: asyncio.Event = asyncio.Event()  # set on every state change (drivers, waiters)
 
     # -- loading and persistence ---------------------------------------------------
 
@@ -207,7 +206,7 @@ class PairMachine:
         self,
         rec: PairRecord,
         name: str,
-        allowed: Iterable[int],
+        allowed: Collection[int],
         to: colo_pb2.PairState,
         *,
         cause: int = 0,
@@ -216,7 +215,7 @@ class PairMachine:
         level: int = logging.INFO,
     ) -> None:
         old = rec.pair.state
-        if old not in set(allowed):
+        if old not in allowed:
             raise IllegalTransition(
                 f"{rec.domain}: {name} needs state {' or '.join(state_name(s) for s in allowed)}, "
                 f"the pair is {state_name(old)}"
@@ -250,8 +249,6 @@ class PairMachine:
             cause=cause,
             message=message or name,
         )
-        self.changed.set()
-        self.changed = asyncio.Event()
 
     def _require(self, rec: PairRecord, name: str) -> None:
         """Refuses a transition from a state it does not leave, before anything changes."""
