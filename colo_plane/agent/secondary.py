@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from colo_plane import metrics, native
@@ -65,9 +66,19 @@ class SecondaryLoop:
 
     # -- helpers -------------------------------------------------------------
 
-    def _sync(self, control_id: ControlId, epoch: int, stats: Stats, verify: Verify | None = None) -> None:
+    def _sync(
+        self,
+        control_id: ControlId,
+        epoch: int,
+        stats: Stats,
+        verify: Verify | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """Sends a sync point (and what must follow it at once), then reports it."""
         sent = now_ns()  # before the write: the peer may act on it at once
         self._writer.control(control_id, self.generation, epoch)
+        if then is not None:
+            then()
         metrics.SYNC_POINTS.labels(control_id.name).inc()
         self.sink(
             SyncPoint(self.domain, self.generation, epoch, control_id, Role.SECONDARY, sent, stats, verify)
@@ -175,8 +186,13 @@ class SecondaryLoop:
             self.dom.dirty_read_clear(self._dirty)
             b = self._dirty.count()
             metrics.DIRTY_PAGES.labels("B").observe(b)
-            self._sync(ControlId.SECONDARY_SUSPENDED, epoch, Stats(dirty_b=b), suspended)
-            self._writer.dirty_list(self._dirty)
+            self._sync(
+                ControlId.SECONDARY_SUSPENDED,
+                epoch,
+                Stats(dirty_b=b),
+                suspended,
+                then=lambda: self._writer.dirty_list(self._dirty),  # the primary waits for both
+            )
         applied = self._expect(EventKind.CHECKPOINT)
         if applied.epoch != epoch:
             raise ProtocolError(f"CHECKPOINT of epoch {applied.epoch} ends checkpoint {epoch}")
