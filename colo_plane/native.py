@@ -132,6 +132,7 @@ class NativeError(Exception):
     def __init__(self, code: int, detail: str) -> None:
         self.code = ErrorCode(code) if code in ErrorCode._value2member_map_ else code
         self.detail = detail
+        self.checkpoint: CheckpointResult | None = None  # a checkpoint call's steps up to the failure
         text = ffi.string(lib.colo_strerror(code)).decode()
         super().__init__(f"{text}: {detail}" if detail else text)
 
@@ -703,6 +704,100 @@ class StreamReader:
         if self._ptr is not None:
             ffi.release(self._ptr)
             self._ptr = None
+
+
+# ---- one checkpoint a call --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """What one side's checkpoint call did (struct colo_ckpt_result)."""
+
+    epoch: int
+    t_request_ns: int
+    t_suspended_ns: int
+    t_resumed_ns: int
+    pause_ns: int
+    dirty_a: int
+    dirty_b: int
+    dirty_d: int
+    pages: int
+    bytes: int
+    last_seq: int
+    memory_hash: int
+    context_hash: int
+    suspended_memory_hash: int
+    suspended_context_hash: int
+    peer_memory_hash: int
+    peer_context_hash: int
+    peer_page_hashes: int
+
+
+def _ckpt_options(generation: int, epoch: int, page_hashes: PageHashes | None) -> Any:
+    opt = ffi.new("struct colo_ckpt_options *")
+    opt.generation = _u64("generation", generation)
+    opt.epoch = _u64("epoch", epoch)
+    opt.page_hashes = page_hashes._buf if page_hashes is not None else ffi.NULL
+    return opt
+
+
+def _ckpt_outcome(code: int, out: Any) -> CheckpointResult:
+    """The result; on failure the exception carries the steps done (which
+    sync points were sent, and when) as .checkpoint."""
+    result = CheckpointResult(*(int(getattr(out, f)) for f in CheckpointResult.__dataclass_fields__))
+    try:
+        _check(code)
+    except NativeError as exc:
+        exc.checkpoint = result
+        raise
+    return result
+
+
+def primary_checkpoint(
+    writer: StreamWriter,
+    reader: StreamReader,
+    dom: Domain,
+    scratch: tuple[Bitmap, Bitmap, Bitmap],
+    *,
+    generation: int,
+    epoch: int,
+    page_hashes: PageHashes | None = None,
+    send_only_a: bool = False,
+    cut_after: int = 0,
+) -> CheckpointResult:
+    """The primary's side of one checkpoint; returns at SECONDARY_RESUMED.
+    scratch is (A, B, D): B must be the reader's dirty_out."""
+    a, b, d = scratch
+    if b is not reader._dirty:
+        raise ValueError("B must be the bitmap the reader merges the dirty lists into")
+    opt = _ckpt_options(generation, epoch, page_hashes)
+    opt.send_only_a = int(send_only_a)
+    opt.cut_after = _u64("cut_after", cut_after)
+    out = ffi.new("struct colo_ckpt_result *")
+    code = lib.colo_primary_checkpoint(
+        writer._fd, reader._ptr, dom._p(), a._ptr, b._ptr, d._ptr, opt, writer._timeout, out
+    )
+    return _ckpt_outcome(code, out)
+
+
+def secondary_checkpoint(
+    writer: StreamWriter,
+    reader: StreamReader,
+    dom: Domain,
+    dirty: Bitmap,
+    *,
+    generation: int,
+    epoch: int,
+    page_hashes: PageHashes | None = None,
+) -> CheckpointResult:
+    """The secondary's side, once CHECKPOINT_REQUEST of epoch was read;
+    returns once SECONDARY_RESUMED is sent."""
+    out = ffi.new("struct colo_ckpt_result *")
+    opt = _ckpt_options(generation, epoch, page_hashes)
+    code = lib.colo_secondary_checkpoint(
+        writer._fd, reader._ptr, dom._p(), dirty._ptr, opt, writer._timeout, out
+    )
+    return _ckpt_outcome(code, out)
 
 
 # ---- the COLO proxy -----------------------------------------------------------

@@ -25,6 +25,7 @@ SOURCES = [
     "sim.c",
     "service.c",
     "stream.c",
+    "checkpoint.c",
     "proxyio.c",
     "proxy.c",
     "mirror.c",

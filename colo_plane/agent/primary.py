@@ -1,6 +1,8 @@
 """The primary's side of the replication protocol (DESIGN.md section 2):
 first boot and checkpoints, each one blocking call run off the event loop
-(asyncio.to_thread).  Every page moves in C."""
+(asyncio.to_thread).  Every page moves in C, and a checkpoint's steps run
+in one C call (native/checkpoint.c): the paused guest never waits for the
+GIL."""
 
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ class PrimaryLink:
             idle_timeout=IO_TIMEOUT,
         )
         self._a = native.Bitmap(dom.pages)
+        self._d = native.Bitmap(dom.pages)
         context = len(dom.context())
         self._context_record = 8 + context + (-context % 8)  # header, blob, padding
         self._mine = native.PageHashes(dom.pages) if verify else None
@@ -95,17 +98,21 @@ class PrimaryLink:
         return digest
 
     def _compare(self, epoch: int, mine: native.DomainHash | None) -> Verify:
-        """Reads the secondary's VERIFY and compares it with ours (in C)."""
+        """First boot: reads the secondary's VERIFY and compares it with ours."""
         if mine is None:
             return Verify()
+        event = self._expect(EventKind.VERIFY, epoch)
+        return self._judge(epoch, mine, native.DomainHash(event.memory_hash, event.context_hash))
+
+    def _judge(self, epoch: int, mine: native.DomainHash, theirs: native.DomainHash) -> Verify:
+        """Compares the two sides' hashes (pages compared in C)."""
         assert self._mine is not None
         assert self._theirs is not None
-        event = self._expect(EventKind.VERIFY, epoch)
         verify = Verify(checked=True, memory_hash=mine.memory, context_hash=mine.context)
-        verify.context_mismatch = event.context_hash != mine.context
-        if event.memory_hash != mine.memory:
+        verify.context_mismatch = theirs.context != mine.context
+        if theirs.memory != mine.memory:
             verify.mismatched_pages, verify.mismatched_pfns = self._mine.diff(self._theirs, 64)
-        verify.match = not verify.context_mismatch and event.memory_hash == mine.memory
+        verify.match = not verify.context_mismatch and theirs.memory == mine.memory
         metrics.VERIFY_CHECKS.inc()
         if not verify.match:
             metrics.VERIFY_FAILURES.inc()
@@ -126,18 +133,24 @@ class PrimaryLink:
         except native.BackendError:
             return 0  # no guest service on this backend
 
-    def _send_state(
-        self, pages: native.Bitmap, epoch: int, last_seq: int, *, first_boot: bool = False
-    ) -> None:
-        if self.hooks.cut_after_bytes and not first_boot:
-            self._writer.pages_cut(self.dom, pages, self.hooks.cut_after_bytes)
-            self.sock.shutdown(socket.SHUT_RDWR)
-            raise ProtocolError(
-                f"test hook: checkpoint {epoch} torn after {self.hooks.cut_after_bytes} bytes"
-            )
+    def _send_state(self, pages: native.Bitmap, epoch: int, last_seq: int) -> None:
         self._writer.pages(self.dom, pages)
         self._writer.context(self.dom)
         self._writer.checkpoint(self.generation, epoch, last_seq)
+
+    def _report_request(self, epoch: int, sent_ns: int) -> None:
+        metrics.SYNC_POINTS.labels(ControlId.CHECKPOINT_REQUEST.name).inc()
+        self.sink(
+            SyncPoint(
+                self.domain,
+                self.generation,
+                epoch,
+                ControlId.CHECKPOINT_REQUEST,
+                Role.PRIMARY,
+                sent_ns,
+                Stats(),
+            )
+        )
 
     def _sent(self, pages: int) -> int:
         """Stream bytes of a checkpoint of pages pages (counted, not re-read)."""
@@ -180,7 +193,7 @@ class PrimaryLink:
         self.dom.logdirty_enable()
         self.dom.dirty_read_clear(self._a)  # dirty tracking starts at this snapshot
         everything = native.Bitmap.full(self.dom.pages)
-        self._send_state(everything, epoch, last_seq, first_boot=True)
+        self._send_state(everything, epoch, last_seq)
         mine = self._own_digest() if self.verify else None
         verify = self._compare(epoch, mine)
         self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_READY)
@@ -196,47 +209,40 @@ class PrimaryLink:
         return Outcome(epoch, stats, verify)
 
     def _checkpoint(self, epoch: int) -> Outcome:
-        start = now_ns()
-        self._writer.control(ControlId.CHECKPOINT_REQUEST, self.generation, epoch)
-        metrics.SYNC_POINTS.labels(ControlId.CHECKPOINT_REQUEST.name).inc()
-        self.sink(
-            SyncPoint(
-                self.domain,
-                self.generation,
-                epoch,
-                ControlId.CHECKPOINT_REQUEST,
-                Role.PRIMARY,
-                start,
-                Stats(),
+        try:
+            r = native.primary_checkpoint(
+                self._writer,
+                self._reader,
+                self.dom,
+                (self._a, self._back_dirty, self._d),
+                generation=self.generation,
+                epoch=epoch,
+                page_hashes=self._mine,
+                send_only_a=self.hooks.send_only_a,
+                cut_after=self.hooks.cut_after_bytes,
             )
-        )
-        self._back_dirty.clear()
-        self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_SUSPENDED)
-        self._expect(EventKind.DIRTY, 0)  # merged into _back_dirty: B
-        self.dom.pause()
-        pause_start = now_ns()
-        last_seq = self._service_seq()
-        self.dom.dirty_read_clear(self._a)
-        d = self._a.copy() if self.hooks.send_only_a else self._a | self._back_dirty
-        self._send_state(d, epoch, last_seq)
-        mine = self._own_digest() if self.verify else None
-        self.dom.unpause()
-        pause_ns = now_ns() - pause_start
+        except native.NativeError as exc:
+            if exc.checkpoint is not None and exc.checkpoint.t_request_ns:
+                self._report_request(epoch, exc.checkpoint.t_request_ns)  # it was sent
+            raise
+        self._report_request(epoch, r.t_request_ns)
         stats = Stats(
-            pages=d.count(),
-            dirty_a=self._a.count(),
-            dirty_b=self._back_dirty.count(),
-            dirty_d=d.count(),
-            pause_ns=pause_ns,
-            last_seq=last_seq,
+            pages=r.pages,
+            dirty_a=r.dirty_a,
+            dirty_b=r.dirty_b,
+            dirty_d=r.dirty_d,
+            pause_ns=r.pause_ns,
+            last_seq=r.last_seq,
+            bytes=self._sent(r.pages),
+            duration_ns=r.t_resumed_ns - r.t_request_ns,
         )
-        stats.bytes = self._sent(stats.pages)
-        verify = self._compare(epoch, mine)
-        self._expect(EventKind.CONTROL, epoch, ControlId.SECONDARY_RESUMED)
-        stats.duration_ns = now_ns() - start
+        verify = Verify()
+        if self.verify:
+            mine = native.DomainHash(r.memory_hash, r.context_hash)
+            verify = self._judge(epoch, mine, native.DomainHash(r.peer_memory_hash, r.peer_context_hash))
         for name, size in (("A", stats.dirty_a), ("B", stats.dirty_b), ("D", stats.dirty_d)):
             metrics.DIRTY_PAGES.labels(name).observe(size)
-        metrics.CHECKPOINT_PAUSE.labels("primary").observe(pause_ns / 1e9)
+        metrics.CHECKPOINT_PAUSE.labels("primary").observe(stats.pause_ns / 1e9)
         metrics.CHECKPOINT_DURATION.labels("primary").observe(stats.duration_ns / 1e9)
         metrics.CHECKPOINTS.labels(
             "primary", "ok" if verify.match or not verify.checked else "mismatch"

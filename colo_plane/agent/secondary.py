@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from colo_plane import metrics, native
@@ -66,22 +65,28 @@ class SecondaryLoop:
 
     # -- helpers -------------------------------------------------------------
 
-    def _sync(
-        self,
-        control_id: ControlId,
-        epoch: int,
-        stats: Stats,
-        verify: Verify | None = None,
-        then: Callable[[], None] | None = None,
-    ) -> None:
-        """Sends a sync point (and what must follow it at once), then reports it."""
+    def _sync(self, control_id: ControlId, epoch: int, stats: Stats, verify: Verify | None = None) -> None:
+        """Sends a sync point, then reports it."""
         sent = now_ns()  # before the write: the peer may act on it at once
         self._writer.control(control_id, self.generation, epoch)
-        if then is not None:
-            then()
+        self._report(control_id, epoch, sent, stats, verify)
+
+    def _report(
+        self, control_id: ControlId, epoch: int, sent_ns: int, stats: Stats, verify: Verify | None = None
+    ) -> None:
         metrics.SYNC_POINTS.labels(control_id.name).inc()
         self.sink(
-            SyncPoint(self.domain, self.generation, epoch, control_id, Role.SECONDARY, sent, stats, verify)
+            SyncPoint(self.domain, self.generation, epoch, control_id, Role.SECONDARY, sent_ns, stats, verify)
+        )
+
+    def _report_suspended(self, r: native.CheckpointResult) -> None:
+        suspended = None
+        if self.verify:  # what a torn checkpoint must leave
+            suspended = Verify(
+                checked=True, memory_hash=r.suspended_memory_hash, context_hash=r.suspended_context_hash
+            )
+        self._report(
+            ControlId.SECONDARY_SUSPENDED, r.epoch, r.t_suspended_ns, Stats(dirty_b=r.dirty_b), suspended
         )
 
     def _digest(self) -> Verify:
@@ -175,39 +180,46 @@ class SecondaryLoop:
             return False
         if event.kind != EventKind.CONTROL or event.control_id != ControlId.CHECKPOINT_REQUEST:
             raise ProtocolError(f"expected CHECKPOINT_REQUEST, got {event.kind.name}")
-        epoch, start = event.epoch, now_ns()
+        epoch = event.epoch
         if epoch <= self.state.epoch:
             raise ProtocolError(f"checkpoint epoch {epoch} is not above the last one, {self.state.epoch}")
         with self.lock:
-            self.dom.pause()
-            pause_start = now_ns()
             self.state.suspended = True
-            suspended = self._digest() if self.verify else None  # what a torn checkpoint must leave
-            self.dom.dirty_read_clear(self._dirty)
-            b = self._dirty.count()
-            metrics.DIRTY_PAGES.labels("B").observe(b)
-            self._sync(
-                ControlId.SECONDARY_SUSPENDED,
-                epoch,
-                Stats(dirty_b=b),
-                suspended,
-                then=lambda: self._writer.dirty_list(self._dirty),  # the primary waits for both
-            )
-        applied = self._expect(EventKind.CHECKPOINT)
-        if applied.epoch != epoch:
-            raise ProtocolError(f"CHECKPOINT of epoch {applied.epoch} ends checkpoint {epoch}")
-        with self.lock:
-            stats = self._applied(applied, start, pause_start)
-            stats.dirty_b = b
-            verify = self._send_verify(epoch) if self.verify else None
-            self.dom.unpause()
-            stats.pause_ns = now_ns() - pause_start
+            try:
+                r = native.secondary_checkpoint(
+                    self._writer,
+                    self._reader,
+                    self.dom,
+                    self._dirty,
+                    generation=self.generation,
+                    epoch=epoch,
+                    page_hashes=self._hashes,
+                )
+            except native.NativeError as exc:
+                if exc.checkpoint is not None and exc.checkpoint.t_suspended_ns:
+                    self._report_suspended(exc.checkpoint)  # it was sent: the record says where we stopped
+                raise
             self.state.suspended = False
-            self.state.epoch, self.state.last_seq = epoch, applied.last_seq
+            stats = Stats(
+                pages=r.pages,
+                bytes=r.bytes,
+                dirty_b=r.dirty_b,
+                last_seq=r.last_seq,
+                pause_ns=r.pause_ns,
+                duration_ns=r.t_resumed_ns - r.t_request_ns,
+            )
+            self.state.epoch, self.state.last_seq = epoch, r.last_seq
             self.state.checkpoints += 1
             self.state.last_stats = stats
-        self._sync(ControlId.SECONDARY_RESUMED, epoch, stats, verify)
+        self._report_suspended(r)
+        verify = None
+        if self.verify:
+            verify = Verify(checked=True, memory_hash=r.memory_hash, context_hash=r.context_hash)
+        self._report(ControlId.SECONDARY_RESUMED, epoch, r.t_resumed_ns, stats, verify)
+        metrics.DIRTY_PAGES.labels("B").observe(r.dirty_b)
+        metrics.PAGES_RECEIVED.inc(r.pages)
+        metrics.BYTES_RECEIVED.inc(r.bytes)
         metrics.CHECKPOINT_PAUSE.labels("secondary").observe(stats.pause_ns / 1e9)
-        metrics.CHECKPOINT_DURATION.labels("secondary").observe((now_ns() - start) / 1e9)
+        metrics.CHECKPOINT_DURATION.labels("secondary").observe(stats.duration_ns / 1e9)
         metrics.CHECKPOINTS.labels("secondary", "ok").inc()
         return True
