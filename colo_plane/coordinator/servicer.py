@@ -170,7 +170,9 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
             done, _ = await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
         finally:
             closing.cancel()
-            reader.cancel()  # nothing if it is done; else it waits for the next message
+            # Nothing if it is done. Else it is waiting for the next message: handling one
+            # does not suspend, so a cancellation never lands between handling and counting.
+            reader.cancel()
         if reader in done:
             reader.result()  # a bug in handling ends the stream with UNKNOWN
         else:
