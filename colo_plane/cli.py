@@ -83,7 +83,8 @@ def _cmd_bench_service(args: argparse.Namespace) -> int:
     from colo_plane.bench import service
 
     divergences = tuple(float(x) for x in args.divergence.split(","))
-    results = service.run(divergences=divergences, clients=args.clients, seconds=args.seconds)
+    clients = tuple(int(x) for x in args.clients.split(","))
+    results = service.run(divergences=divergences, clients=clients, seconds=args.seconds)
     print(json.dumps(service.as_json(results)) if args.json else service.render(results))
     return 0
 
@@ -145,7 +146,11 @@ def _parser() -> argparse.ArgumentParser:
         default="0,0.01,0.1",
         help="divergence rates (share of replies that differ), comma-separated",
     )
-    bsvc.add_argument("--clients", type=int, default=8)
+    bsvc.add_argument(
+        "--clients",
+        default="8,32",
+        help="concurrent clients, comma-separated: COLO adds latency, so few clients show it as throughput",
+    )
     bsvc.add_argument("--seconds", type=float, default=5.0, help="per measurement (3 rounds of each mode)")
     bsvc.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bsvc.set_defaults(func=_cmd_bench_service)

@@ -38,6 +38,7 @@ def guest_probability(rate: float) -> float:
 @dataclass(frozen=True)
 class Result:
     divergence: float
+    clients: int
     measured_divergence: float  # replies that differed / requests, from the primary's proxy
     guest_probability: float
     protected_ops_per_second: float
@@ -61,7 +62,7 @@ def _measure(address: str, clients: int, seconds: float) -> loadgen.Report:
 def run(
     *,
     divergences: tuple[float, ...] = (0.0, 0.01, 0.10),
-    clients: int = 8,
+    clients: tuple[int, ...] = (8, 32),
     seconds: float = 5.0,
     pages: int = 65536,
     rounds: int = 3,
@@ -84,12 +85,13 @@ def run(
                     stub,
                     primary.info["metrics"],
                     p,
-                    clients=clients,
+                    clients=n,
                     seconds=seconds,
                     pages=pages,
                     rounds=rounds,
                 )
                 for p in divergences
+                for n in clients
             ]
             channel.close()
             return results
@@ -123,7 +125,7 @@ def _one(
 ) -> Result:
     """Alternates protected and unprotected runs on the same guest (unprotect
     keeps it running; protect again starts from it); medians of each."""
-    domain = f"bench-{int(rate * 1000)}"
+    domain = f"bench-{int(rate * 1000)}-{clients}"
     p = guest_probability(rate)
     spec = colo_pb2.DomainSpec(
         domain=domain,
@@ -157,6 +159,7 @@ def _one(
     prot, unprot = med(protected, "ops_per_second"), med(unprotected, "ops_per_second")
     return Result(
         divergence=rate,
+        clients=clients,
         measured_divergence=differed / requests if requests else 0.0,
         guest_probability=p,
         protected_ops_per_second=prot,
@@ -173,12 +176,12 @@ def _one(
 
 def render(results: list[Result]) -> str:
     lines = [
-        f"{'diverge':>8}{'measured':>9}{'prot ops/s':>12}{'unprot ops/s':>14}{'ratio':>7}"
+        f"{'diverge':>8}{'measured':>9}{'clients':>8}{'prot ops/s':>12}{'unprot ops/s':>14}{'ratio':>7}"
         f"{'prot p50/p99 ms':>18}{'unprot p50/p99 ms':>20}{'ckpts':>7}{'lost':>6}"
     ]
     for r in results:
         lines.append(
-            f"{r.divergence:>8.0%}{r.measured_divergence:>9.2%}{r.protected_ops_per_second:>12.0f}{r.unprotected_ops_per_second:>14.0f}"
+            f"{r.divergence:>8.0%}{r.measured_divergence:>9.2%}{r.clients:>8}{r.protected_ops_per_second:>12.0f}{r.unprotected_ops_per_second:>14.0f}"
             f"{r.ratio:>7.2f}{r.protected_p50_ms:>9.2f}/{r.protected_p99_ms:<8.2f}"
             f"{r.unprotected_p50_ms:>11.2f}/{r.unprotected_p99_ms:<8.2f}{r.checkpoints:>7}{r.acknowledged_writes_lost:>6}"
         )
