@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from colo_plane import metrics, native
+from colo_plane import addresses, metrics, native
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink, domains, handshake, proxy
 from colo_plane.agent.primary import Outcome, PrimaryLink, TestHooks
@@ -39,6 +39,7 @@ class AgentConfig:
     verify: bool = False  # verify every pair, whatever its spec says
     hooks: TestHooks = field(default_factory=TestHooks)
     service_host: str = "127.0.0.1"  # where primaries' proxies serve clients
+    advertise_host: str = ""  # what clients dial instead of service_host (a wildcard, say)
 
 
 def _processed(replica: Replica) -> int:
@@ -275,7 +276,10 @@ class AgentCore:
             reply_timeout=seconds(spec.reply_timeout, REPLY_TIMEOUT),
         )
         try:
-            replica.service_address = await replica.proxy.start(self.config.service_host, spec.port)
+            bound = await replica.proxy.start(self.config.service_host, spec.port)
+            if self.config.advertise_host:
+                bound = addresses.join(self.config.advertise_host, addresses.parse(bound)[1])
+            replica.service_address = bound
         except OSError as exc:
             replica.proxy = None
             fail(

@@ -9,7 +9,7 @@ import uuid
 
 import grpc
 
-from colo_plane import serving
+from colo_plane import addresses, serving
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink
 from colo_plane.agent.core import AgentConfig, AgentCore
@@ -40,11 +40,30 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 GIL_SWITCH_INTERVAL = 0.0002
 
 
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def advertised(bound: str, advertise_host: str) -> str:
+    """What the coordinator and peers dial for a bound address: the
+    advertised host with the bound port.  A wildcard is not dialable."""
+    host, port = addresses.parse(bound)
+    if advertise_host:
+        return addresses.join(advertise_host, port)
+    if host in WILDCARDS:
+        raise SystemExit(
+            f"colo agent: listening on {bound} needs --advertise-host: the coordinator and the peer "
+            "host dial the addresses this agent advertises, and a wildcard is not one they can reach"
+        )
+    return bound
+
+
 async def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    for address in (args.listen, args.data_listen, addresses.join(args.service_host or "0.0.0.0", 0)):
+        advertised(address, args.advertise_host)  # refuse a wildcard before binding anything
     incarnation = uuid.uuid4().hex
     listener = datalink.DataListener(args.data_listen)
-    data_address = await listener.start()
+    data_address = advertised(await listener.start(), args.advertise_host)
     channel = grpc.aio.insecure_channel(args.coordinator, options=serving.CHANNEL_OPTIONS)
     stub = colo_pb2_grpc.CoordinatorStub(channel)
     reporter = SyncReporter(stub, args.host_id)
@@ -53,7 +72,12 @@ async def run(args: argparse.Namespace) -> int:
         log.warning("TEST HOOKS ON: %s -- this agent breaks replication on purpose", hooks)
     core = AgentCore(
         AgentConfig(
-            args.host_id, data_address, verify=args.verify, hooks=hooks, service_host=args.service_host
+            args.host_id,
+            data_address,
+            verify=args.verify,
+            hooks=hooks,
+            service_host=args.service_host,
+            advertise_host=args.advertise_host,
         ),
         listener,
         reporter.submit,
@@ -63,7 +87,7 @@ async def run(args: argparse.Namespace) -> int:
     server = serving.new_server()
     colo_pb2_grpc.add_AgentServicer_to_server(AgentServicer(core, incarnation), server)
     health_servicer = serving.add_health_and_reflection(server, [SERVICE])
-    grpc_address = serving.bind(server, args.listen)
+    grpc_address = advertised(serving.bind(server, args.listen), args.advertise_host)
     metrics_address = serving.start_metrics(args.metrics_listen)
     await server.start()
     await serving.set_serving(health_servicer, [SERVICE])
@@ -117,6 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--service-host", default="127.0.0.1", help="address the COLO proxy serves clients on"
+    )
+    parser.add_argument(
+        "--advertise-host",
+        default="",
+        help="host the coordinator, peers and clients dial for this agent's ports "
+        "(needed when a listen address is a wildcard such as 0.0.0.0)",
     )
     parser.add_argument(
         "--label",
