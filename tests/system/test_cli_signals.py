@@ -1,0 +1,59 @@
+"""A bench stopped by SIGTERM stops the local cluster it started: nothing is
+left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def children(pid: int) -> set[int]:
+    """Direct children of pid, from /proc."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_sigterm_to_a_bench_stops_its_cluster() -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "colo_plane.cli", "bench", "failover", "--trials", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    kids: set[int] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while len(kids := children(bench.pid)) < 3:  # a coordinator and agents
+            assert time.monotonic() < deadline, "the bench started no cluster"
+            time.sleep(0.05)
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 5
+        while any(alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [k for k in kids if alive(k)], "cluster processes left running"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        for k in kids:  # never leave them to the next test
+            if alive(k):
+                os.kill(k, signal.SIGKILL)
