@@ -764,15 +764,18 @@ def primary_checkpoint(
     page_hashes: PageHashes | None = None,
     send_only_a: bool = False,
     cut_after: int = 0,
+    proxy: Proxy | None = None,
 ) -> CheckpointResult:
     """The primary's side of one checkpoint; returns at SECONDARY_RESUMED.
-    scratch is (A, B, D): B must be the reader's dirty_out."""
+    scratch is (A, B, D): B must be the reader's dirty_out.  With proxy, the
+    replies the checkpoint covers are released as SECONDARY_RESUMED arrives."""
     a, b, d = scratch
     if b is not reader._dirty:
         raise ValueError("B must be the bitmap the reader merges the dirty lists into")
     opt = _ckpt_options(generation, epoch, page_hashes)
     opt.send_only_a = int(send_only_a)
     opt.cut_after = _u64("cut_after", cut_after)
+    opt.proxy = proxy._p() if proxy is not None else ffi.NULL
     out = ffi.new("struct colo_ckpt_result *")
     code = lib.colo_primary_checkpoint(
         writer._fd, reader._ptr, dom._p(), a._ptr, b._ptr, d._ptr, opt, writer._timeout, out

@@ -116,6 +116,8 @@ int colo_primary_checkpoint(int fd, colo_reader *back, colo_domain *dom, colo_bi
     if ((rc = expect(back, COLO_EV_CONTROL, COLO_CTL_SECONDARY_RESUMED, opt->epoch, "SECONDARY_RESUMED", &ev)))
         return rc;
     out->t_resumed_ns = colo_now_ns();
+    if (opt->proxy)  /* every client waiting on the checkpoint goes on now, not after a trip through Python */
+        colo_proxy_checkpoint_done(opt->proxy, opt->epoch, out->last_seq);
     return COLO_OK;
 }
 

@@ -276,56 +276,6 @@ void colo_reader_set_verify_buffer(colo_reader *r, uint64_t *page_hashes);
 void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
                       uint64_t *pfns, uint64_t cap, uint64_t *count);
 
-/* ---- one checkpoint a call (checkpoint.c) ------------------------------- */
-
-/* Each side's steps of a checkpoint in one call, so a paused guest never
- * waits on the caller between them.  Timestamps are CLOCK_MONOTONIC ns; a
- * sync point's is taken before its record is written. */
-
-struct colo_ckpt_options {
-    uint64_t generation;
-    uint64_t epoch;
-    uint64_t *page_hashes;   /* verify mode: this side's page hashes land here
-                              * (one a page); NULL: no VERIFY exchange */
-    uint32_t send_only_a;    /* primary test hook: D = A, B left out */
-    uint32_t reserved;
-    uint64_t cut_after;      /* primary test hook: tear PAGE_DATA after this many bytes */
-};
-
-struct colo_ckpt_result {
-    uint64_t epoch;
-    uint64_t t_request_ns;   /* CHECKPOINT_REQUEST sent (primary) / handled (secondary) */
-    uint64_t t_suspended_ns; /* secondary: SECONDARY_SUSPENDED sent */
-    uint64_t t_resumed_ns;   /* SECONDARY_RESUMED received (primary) / sent (secondary) */
-    uint64_t pause_ns;
-    uint64_t dirty_a;
-    uint64_t dirty_b;
-    uint64_t dirty_d;
-    uint64_t pages;          /* sent (primary) / applied (secondary) */
-    uint64_t bytes;          /* secondary: stream bytes of the checkpoint */
-    uint64_t last_seq;       /* the guest service's last request in the new state */
-    uint64_t memory_hash;    /* verify: this side's new state */
-    uint64_t context_hash;
-    uint64_t suspended_memory_hash;  /* secondary, verify: at SECONDARY_SUSPENDED */
-    uint64_t suspended_context_hash;
-    uint64_t peer_memory_hash;       /* primary, verify: the secondary's VERIFY */
-    uint64_t peer_context_hash;
-    uint32_t peer_page_hashes;       /* primary, verify: the VERIFY carried page hashes */
-    uint32_t reserved;
-};
-
-/* Primary: back is the reader of the secondary's stream, whose dirty lists
- * merge into b; a and d are scratch of the domain's size.  On error the
- * guest runs on (its output stays held) and the connection is unusable. */
-int colo_primary_checkpoint(int fd, colo_reader *back, colo_domain *dom, colo_bitmap *a,
-                            colo_bitmap *b, colo_bitmap *d, const struct colo_ckpt_options *opt,
-                            int timeout_ms, struct colo_ckpt_result *out);
-/* Secondary, once CHECKPOINT_REQUEST of opt->epoch was read from fwd.  On
- * error the guest stays paused with its last whole checkpoint. */
-int colo_secondary_checkpoint(int fd, colo_reader *fwd, colo_domain *dom, colo_bitmap *dirty,
-                              const struct colo_ckpt_options *opt, int timeout_ms,
-                              struct colo_ckpt_result *out);
-
 /* ---- the COLO proxy (proxy.c, mirror.c) ---------------------------------- */
 
 /* The proxy's data path (DESIGN.md section 5), on a thread of its own so no
@@ -409,6 +359,58 @@ int colo_mirror_done_fd(const colo_mirror *m);
  * primary closed it) and detail (cap bytes) says what failed. */
 int colo_mirror_result(colo_mirror *m, int *finished, uint64_t *served, uint64_t *skipped,
                        char *detail, uint64_t cap);
+
+/* ---- one checkpoint a call (checkpoint.c) ------------------------------- */
+
+/* Each side's steps of a checkpoint in one call, so a paused guest never
+ * waits on the caller between them.  Timestamps are CLOCK_MONOTONIC ns; a
+ * sync point's is taken before its record is written. */
+
+struct colo_ckpt_options {
+    uint64_t generation;
+    uint64_t epoch;
+    uint64_t *page_hashes;   /* verify mode: this side's page hashes land here
+                              * (one a page); NULL: no VERIFY exchange */
+    uint32_t send_only_a;    /* primary test hook: D = A, B left out */
+    uint32_t reserved;
+    uint64_t cut_after;      /* primary test hook: tear PAGE_DATA after this many bytes */
+    colo_proxy *proxy;       /* primary: its held replies the checkpoint covers are released
+                              * the moment SECONDARY_RESUMED arrives (NULL: the caller does) */
+};
+
+struct colo_ckpt_result {
+    uint64_t epoch;
+    uint64_t t_request_ns;   /* CHECKPOINT_REQUEST sent (primary) / handled (secondary) */
+    uint64_t t_suspended_ns; /* secondary: SECONDARY_SUSPENDED sent */
+    uint64_t t_resumed_ns;   /* SECONDARY_RESUMED received (primary) / sent (secondary) */
+    uint64_t pause_ns;
+    uint64_t dirty_a;
+    uint64_t dirty_b;
+    uint64_t dirty_d;
+    uint64_t pages;          /* sent (primary) / applied (secondary) */
+    uint64_t bytes;          /* secondary: stream bytes of the checkpoint */
+    uint64_t last_seq;       /* the guest service's last request in the new state */
+    uint64_t memory_hash;    /* verify: this side's new state */
+    uint64_t context_hash;
+    uint64_t suspended_memory_hash;  /* secondary, verify: at SECONDARY_SUSPENDED */
+    uint64_t suspended_context_hash;
+    uint64_t peer_memory_hash;       /* primary, verify: the secondary's VERIFY */
+    uint64_t peer_context_hash;
+    uint32_t peer_page_hashes;       /* primary, verify: the VERIFY carried page hashes */
+    uint32_t reserved;
+};
+
+/* Primary: back is the reader of the secondary's stream, whose dirty lists
+ * merge into b; a and d are scratch of the domain's size.  On error the
+ * guest runs on (its output stays held) and the connection is unusable. */
+int colo_primary_checkpoint(int fd, colo_reader *back, colo_domain *dom, colo_bitmap *a,
+                            colo_bitmap *b, colo_bitmap *d, const struct colo_ckpt_options *opt,
+                            int timeout_ms, struct colo_ckpt_result *out);
+/* Secondary, once CHECKPOINT_REQUEST of opt->epoch was read from fwd.  On
+ * error the guest stays paused with its last whole checkpoint. */
+int colo_secondary_checkpoint(int fd, colo_reader *fwd, colo_domain *dom, colo_bitmap *dirty,
+                              const struct colo_ckpt_options *opt, int timeout_ms,
+                              struct colo_ckpt_result *out);
 
 /* ---- raw baseline (bench.c) --------------------------------------------- */
 

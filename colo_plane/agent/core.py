@@ -237,6 +237,7 @@ class AgentCore:
                 verify=replica.verify,
                 sink=self.sink,
                 hooks=self.config.hooks,
+                release=replica.proxy.data_path,
             )
             outcome = await self._run_link(
                 replica,

@@ -50,6 +50,7 @@ class PrimaryLink:
         verify: bool,
         sink: SyncSink,
         hooks: TestHooks | None = None,
+        release: native.Proxy | None = None,
     ) -> None:
         self.domain = domain
         self.generation = generation
@@ -58,6 +59,7 @@ class PrimaryLink:
         self.verify = verify
         self.sink = sink
         self.hooks = hooks or TestHooks()
+        self.release = release  # the proxy whose held replies a checkpoint releases, in C
         self.lock = threading.Lock()  # one checkpoint at a time
         self.broken = ""
         self._writer = native.StreamWriter(sock, timeout=IO_TIMEOUT)
@@ -220,6 +222,7 @@ class PrimaryLink:
                 page_hashes=self._mine,
                 send_only_a=self.hooks.send_only_a,
                 cut_after=self.hooks.cut_after_bytes,
+                proxy=self.release,
             )
         except native.NativeError as exc:
             if exc.checkpoint is not None and exc.checkpoint.t_request_ns:

@@ -79,6 +79,11 @@ class PrimaryProxy:
         return address
 
     @property
+    def data_path(self) -> native.Proxy | None:
+        """The data path itself (a checkpoint releases replies through it in C)."""
+        return self._native
+
+    @property
     def held(self) -> int:
         return self._native.stats().held if self._native is not None else 0
 
