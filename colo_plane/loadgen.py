@@ -84,7 +84,8 @@ class Connection:
         while True:
             try:
                 host, port = addresses.parse(await self.resolve())
-                self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+                async with asyncio.timeout(2.0):
+                    self.reader, self.writer = await asyncio.open_connection(host, port)
                 return
             except (OSError, TimeoutError, ConnectionError, grpc.aio.AioRpcError):
                 if time.monotonic() > deadline:
@@ -111,7 +112,10 @@ class Connection:
             try:
                 self.writer.write(line.encode() + b"\n")
                 await self.writer.drain()
-                reply = await asyncio.wait_for(self.reader.readline(), REPLY_TIMEOUT)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancel that races a reply, and a stopped run would go on for ever.
+                async with asyncio.timeout(REPLY_TIMEOUT):
+                    reply = await self.reader.readline()
                 if reply.endswith(b"\n"):
                     return reply
             except (OSError, TimeoutError, ConnectionError):

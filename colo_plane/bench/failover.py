@@ -42,9 +42,11 @@ async def _first_reply_after(
             pair = (await stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=1.0)).pair
             if pair.service_endpoint and pair.service_endpoint != old:
                 host, port = addresses.parse(pair.service_endpoint)
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+                async with asyncio.timeout(1.0):  # not wait_for: it can swallow a cancel on 3.11
+                    reader, writer = await asyncio.open_connection(host, port)
                 writer.write(b"PING\n")
-                reply = await asyncio.wait_for(reader.readline(), 2.0)
+                async with asyncio.timeout(2.0):
+                    reply = await reader.readline()
                 writer.close()
                 if reply.startswith(b"PONG"):
                     return time.monotonic() - start

@@ -1,5 +1,5 @@
-"""A bench stopped by SIGTERM stops the local cluster it started: nothing is
-left running."""
+"""A bench stopped by SIGTERM stops the local cluster it started, also in
+the middle of its load: nothing is left running."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def test_sigterm_to_a_bench_stops_its_cluster() -> None:
         while len(kids := children(bench.pid)) < 3:  # a coordinator and agents
             assert time.monotonic() < deadline, "the bench started no cluster"
             time.sleep(0.05)
+        time.sleep(3.0)  # into the run: the domain protected, clients under way
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=30) == 128 + signal.SIGTERM
         deadline = time.monotonic() + 5
