@@ -64,7 +64,7 @@ def run(
     divergences: tuple[float, ...] = (0.0, 0.01, 0.10),
     clients: tuple[int, ...] = (8, 32),
     seconds: float = 5.0,
-    pages: int = 65536,
+    pages: int = 262144,  # 1 GiB; half of it a store of 2M keys: no round fills it
     rounds: int = 3,
 ) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="colo-bench-") as tmp:
