@@ -213,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
                 hot_pages=args.pages // 8,
                 hot_percent=80,
                 divergence_probability=args.divergence,
-                service_pages=args.pages // 2,  # a key-value store of ~130k slots: the whole run fits
+                # a key-value store of ~520k slots: a run's ~130k writes fit with room to spare
+                service_pages=args.pages // 2,
             ),
         )
         stub.ProtectDomain(
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the live view runs")
     parser.add_argument("--kill-after", type=float, default=10.0, help="when to kill -9 the primary's agent")
-    parser.add_argument("--pages", type=int, default=16384, help="guest memory in pages (default 64 MiB)")
+    parser.add_argument("--pages", type=int, default=65536, help="guest memory in pages (default 256 MiB)")
     parser.add_argument("--dirty-rate", type=int, default=20_000, help="pages the guest dirties per second")
     parser.add_argument("--interval", type=float, default=0.5, help="checkpoint interval in seconds")
     parser.add_argument("--divergence", type=float, default=0.02, help="share of guest replies that diverge")
