@@ -136,6 +136,11 @@ SYNC_REPORTS_REFUSED = Counter(
     ["reason"],
 )
 FAILOVERS = Counter("colo_failovers_total", "Failovers and role losses, by cause", ["cause"])
+STORE_ERRORS = Counter(
+    "colo_store_errors_total",
+    "Coordinator store writes that failed (SQLite), by what: pairs, agent",
+    ["what"],
+)
 AGENTS_ALIVE = Gauge("colo_agents_alive", "Agents whose heartbeats arrive in time")
 AGENTS_KNOWN = Gauge("colo_agents", "Agents the coordinator knows, alive or not")
 REQUEST_TO_ISSUE = Histogram(

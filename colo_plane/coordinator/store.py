@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from colo_plane import metrics
 from colo_plane._proto import colo_pb2
 
 SCHEMA_VERSION = 1
@@ -158,6 +159,7 @@ class SqliteStore:
             self._db.execute("COMMIT")
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             self._rollback()  # all or nothing: no half-written batch stays open
+            metrics.STORE_ERRORS.labels("pairs").inc()
             raise StoreError(f"cannot write {len(rows)} pair(s) to {self.path}: {exc}") from exc
 
     def save_agent(self, info: colo_pb2.AgentInfo) -> None:
@@ -170,6 +172,7 @@ class SqliteStore:
                 (info.host_id, info.incarnation, int(info.draining), stored.SerializeToString(), time.time()),
             )
         except sqlite3.Error as exc:
+            metrics.STORE_ERRORS.labels("agent").inc()
             raise StoreError(f"cannot write agent {info.host_id} to {self.path}: {exc}") from exc
 
     def _rollback(self) -> None:

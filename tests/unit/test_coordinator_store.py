@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from colo_plane._proto import colo_pb2
 from colo_plane.coordinator.store import SqliteStore, StoredPair, StoreError
@@ -73,10 +74,13 @@ def test_a_batch_is_one_transaction(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "c.db")
     bad = colo_pb2.Pair(domain="vm2", generation=1)
     rows = [StoredPair(_pair("vm1", 2), 10), StoredPair(bad, 2**63)]  # the second overflows SQLite's INTEGER
-    with pytest.raises((StoreError, OverflowError)):
+    before = REGISTRY.get_sample_value("colo_store_errors_total", {"what": "pairs"}) or 0.0
+    with pytest.raises(StoreError):
         store.save_pairs(rows)
     (row,) = store.load_pairs()
     assert row.pair.generation == 1  # nothing of the failed batch was written
+    # and it shows, for the alert
+    assert REGISTRY.get_sample_value("colo_store_errors_total", {"what": "pairs"}) == before + 1
     store.close()
 
 

@@ -1112,7 +1112,7 @@ def test_rules_are_complete_for_the_night_shift() -> None:
         "up",
         "instance_role:colo_checkpoint_pause_seconds:p99_5m",
         "instance:colo_divergence_share:ratio_rate5m",
-        "grpc_server_handled_total",
+        "colo_store_errors_total",
     ]:
         assert series in reader.used, f"no alert reads {series}"
     records = [r["record"] for r in rules if "record" in r]
