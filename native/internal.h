@@ -139,6 +139,9 @@ int colo_io_readv_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms);
 #define COLO_PX_FRAME_HEAD 12       /* u64 seq, u32 length, big-endian */
 #define COLO_PX_LINE_MAX 512        /* a request line, as the guest service takes it */
 #define COLO_PX_PAYLOAD_MAX (COLO_PX_LINE_MAX + 64)
+#define COLO_PX_REPLY_MAX 512       /* a guest service reply */
+#define COLO_PX_READ_CHUNK 65536    /* bytes read from a socket a wake-up */
+#define COLO_PX_PAUSED_RETRY_NS 200000 /* the guest is paused for a checkpoint: try again */
 
 /* Bytes [off, len) of data are queued. */
 struct colo_bytes {
@@ -158,6 +161,10 @@ int colo_bytes_recv(struct colo_bytes *b, int fd, size_t max, size_t *got);
  * b until its next change); COLO_E_RECORD_TOO_LONG for a length past
  * COLO_PX_PAYLOAD_MAX. */
 int colo_frame_next(struct colo_bytes *b, int *have, uint64_t *seq, const uint8_t **payload, uint32_t *len);
+/* "ERROR <this thread's last error>\n" into out (COLO_PX_REPLY_MAX bytes),
+ * always ending in a newline: both ends of the proxy answer a refused
+ * request with it, so their replies compare equal; returns its length. */
+uint32_t colo_px_error_reply(uint8_t *out);
 /* Nanoseconds of CLOCK_MONOTONIC. */
 uint64_t colo_now_ns(void);
 

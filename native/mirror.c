@@ -17,10 +17,6 @@
 
 #include "internal.h"
 
-#define READ_CHUNK 65536
-#define REPLY_MAX 512
-#define PAUSED_RETRY_NS 200000
-
 struct colo_mirror {
     pthread_mutex_t mu;        /* guards finished, result and detail */
     pthread_t thread;
@@ -50,10 +46,10 @@ static int wait_link(struct colo_mirror *m, short events, const struct timespec 
 static int serve(struct colo_mirror *m, uint64_t seq, const uint8_t *line, uint32_t n, uint8_t *reply,
                  uint64_t *len)
 {
-    static const struct timespec retry = {.tv_sec = 0, .tv_nsec = PAUSED_RETRY_NS};
+    static const struct timespec retry = {.tv_sec = 0, .tv_nsec = COLO_PX_PAUSED_RETRY_NS};
     for (;;) {
         short revents;
-        int rc = colo_sim_service(m->dom, seq, line, n, reply, REPLY_MAX, len);
+        int rc = colo_sim_service(m->dom, seq, line, n, reply, COLO_PX_REPLY_MAX, len);
         if (rc == COLO_OK) {
             __atomic_add_fetch(&m->served, 1, __ATOMIC_RELAXED);
             return COLO_OK;
@@ -64,8 +60,7 @@ static int serve(struct colo_mirror *m, uint64_t seq, const uint8_t *line, uint3
             return COLO_OK;
         }
         if (rc != COLO_E_PAUSED) {
-            int w = snprintf((char *)reply, REPLY_MAX, "ERROR %s\n", colo_last_error());
-            *len = w < 0 ? 0 : (w >= REPLY_MAX ? REPLY_MAX : (uint64_t)w);
+            *len = colo_px_error_reply(reply);  /* refused: nothing changed, as on the primary */
             return COLO_OK;
         }
         if (wait_link(m, 0, &retry, &revents))
@@ -76,7 +71,7 @@ static int serve(struct colo_mirror *m, uint64_t seq, const uint8_t *line, uint3
 /* Every whole frame that has arrived, answered into out. */
 static int answer(struct colo_mirror *m)
 {
-    uint8_t reply[REPLY_MAX];
+    uint8_t reply[COLO_PX_REPLY_MAX];
     uint64_t seq, len;
     const uint8_t *line;
     uint32_t n;
@@ -99,7 +94,7 @@ static int loop(struct colo_mirror *m)
         if (wait_link(m, POLLIN | (m->out.off < m->out.len ? POLLOUT : 0), NULL, &revents))
             return COLO_OK;
         if (revents & (POLLIN | POLLERR | POLLHUP)) {
-            if ((rc = colo_bytes_recv(&m->in, m->link_fd, READ_CHUNK, &got)) != COLO_OK)
+            if ((rc = colo_bytes_recv(&m->in, m->link_fd, COLO_PX_READ_CHUNK, &got)) != COLO_OK)
                 return rc;
             if ((rc = answer(m)) != COLO_OK)
                 return rc;

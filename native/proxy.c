@@ -22,11 +22,8 @@
 #include "internal.h"
 
 #define RING 4096u                 /* live requests at most (a power of two) */
-#define REPLY_MAX 512
-#define READ_CHUNK 65536
 #define CLIENT_BACKLOG (64 * 1024) /* unread request bytes a client may queue */
 #define MAX_CLIENTS 4096
-#define PAUSED_RETRY_NS 200000     /* the guest is paused for a checkpoint: try again */
 #define TOO_LONG "ERROR request line longer than 512 bytes\n"
 
 /* epoll tags of the fixed fds; any other value is a struct conn *. */
@@ -43,7 +40,7 @@ struct entry {
     struct entry *next;        /* the client's next reply, in request order */
     uint32_t flags;
     uint32_t reply_len;
-    uint8_t reply[REPLY_MAX];
+    uint8_t reply[COLO_PX_REPLY_MAX];
 };
 
 struct conn {
@@ -219,27 +216,15 @@ static void ask(struct colo_proxy *p, struct entry *e, uint32_t reason)
     hold_event(p, e->seq, reason);
 }
 
-static uint32_t error_reply(uint8_t *out)
-{
-    int n = snprintf((char *)out, REPLY_MAX, "ERROR %s\n", colo_last_error());
-    if (n < 0)
-        n = 0;
-    if (n >= REPLY_MAX) {
-        n = REPLY_MAX;
-        out[n - 1] = '\n';
-    }
-    return (uint32_t)n;
-}
-
 /* One request line into the guest; COLO_E_PAUSED leaves it for later. */
 static int serve_line(struct colo_proxy *p, struct conn *c, const uint8_t *line, uint32_t len)
 {
     uint64_t seq = p->st.last_seq + 1, n = 0;
     struct entry *e = &p->ring[seq & (RING - 1)];
-    int rc = colo_sim_service(p->dom, seq, line, len, e->reply, REPLY_MAX, &n);
+    int rc = colo_sim_service(p->dom, seq, line, len, e->reply, COLO_PX_REPLY_MAX, &n);
     if (rc == COLO_E_PAUSED)
         return rc;
-    e->reply_len = rc == COLO_OK ? (uint32_t)n : error_reply(e->reply);  /* refused: nothing changed */
+    e->reply_len = rc == COLO_OK ? (uint32_t)n : colo_px_error_reply(e->reply);  /* refused: nothing changed */
     e->seq = seq;
     e->conn = c;
     e->next = NULL;
@@ -318,7 +303,7 @@ static void conn_watch(struct colo_proxy *p, struct conn *c)
 static void conn_readable(struct colo_proxy *p, struct conn *c)
 {
     size_t got;
-    int rc = colo_bytes_recv(&c->in, c->fd, READ_CHUNK, &got);
+    int rc = colo_bytes_recv(&c->in, c->fd, COLO_PX_READ_CHUNK, &got);
     if (rc == COLO_E_EOF)
         c->eof = 1;
     else if (rc != COLO_OK)
@@ -464,7 +449,7 @@ static void compare(struct colo_proxy *p, uint64_t seq, const uint8_t *reply, ui
 static void link_readable(struct colo_proxy *p)
 {
     size_t got;
-    int have = 0, rc = colo_bytes_recv(&p->link_in, p->link_fd, READ_CHUNK, &got);
+    int have = 0, rc = colo_bytes_recv(&p->link_in, p->link_fd, COLO_PX_READ_CHUNK, &got);
     uint64_t seq;
     const uint8_t *reply;
     uint32_t len;
@@ -555,7 +540,7 @@ static void settle(struct colo_proxy *p)
         }
     }
     if (p->stalled && !p->retry_due && !p->retry_armed) {
-        arm(p->retry_fd, PAUSED_RETRY_NS, 0);
+        arm(p->retry_fd, COLO_PX_PAUSED_RETRY_NS, 0);
         p->retry_armed = 1;
     }
     link_flush(p);

@@ -4,6 +4,7 @@
  * length bytes: a request line one way, the guest's reply the other. */
 #include <endian.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -138,4 +139,16 @@ uint64_t colo_now_ns(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
+uint32_t colo_px_error_reply(uint8_t *out)
+{
+    int n = snprintf((char *)out, COLO_PX_REPLY_MAX, "ERROR %s\n", colo_last_error());
+    if (n < 0)
+        n = 0;
+    if (n >= COLO_PX_REPLY_MAX) {  /* cut short, still one line */
+        n = COLO_PX_REPLY_MAX;
+        out[n - 1] = '\n';
+    }
+    return (uint32_t)n;
 }

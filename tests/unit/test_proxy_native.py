@@ -256,3 +256,24 @@ def test_past_the_ring_the_proxy_stops_reading_until_replies_leave(
         replies += c.recv(65536)
     assert replies == b"PONG\n" * 5000
     assert p.stats().last_seq == 5000
+
+
+def test_a_request_both_guests_refuse_is_answered_alike_and_released(
+    proxy: tuple[Proxy, tuple[str, int]],
+) -> None:
+    p, address = proxy
+    secondary = Domain.sim(pages=256, seed=4, service_pages=32)
+    secondary.unpause()
+    ours, theirs = socket.socketpair()
+    mirror = Mirror(secondary, theirs)
+    try:
+        p.attach(ours)
+        c = client(address)
+        c.sendall(b"SET k \x01\n" + b"X" * 100 + b" " + b"y" * 300 + b"\n")
+        assert read_line(c).startswith(b"ERROR request holds a non-printable byte")
+        assert read_line(c).startswith(b"ERROR key of at most")
+        assert p.stats().mismatches == 0  # the same error text on both ends: no checkpoint for it
+    finally:
+        p.detach()
+        mirror.close()
+        secondary.close()
