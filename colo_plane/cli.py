@@ -85,8 +85,11 @@ def _cmd_bench_service(args: argparse.Namespace) -> int:
 
     divergences = tuple(float(x) for x in args.divergence.split(","))
     clients = tuple(int(x) for x in args.clients.split(","))
-    results = service.run(divergences=divergences, clients=clients, seconds=args.seconds)
-    print(json.dumps(service.as_json(results)) if args.json else service.render(results))
+    results = service.run(
+        divergences=divergences, clients=clients, seconds=args.seconds, poll_us=args.poll_us
+    )
+    figures = service.as_json(results, poll_us=args.poll_us)
+    print(json.dumps(figures) if args.json else service.render(results))
     return 0
 
 
@@ -154,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     bsvc.add_argument("--seconds", type=float, default=5.0, help="per measurement (3 rounds of each mode)")
     bsvc.add_argument("--json", action="store_true", help="one JSON object of the figures")
+    bsvc.add_argument(
+        "--poll-us",
+        type=int,
+        default=0,
+        metavar="MICROSECONDS",
+        help="the agents' --poll-us (both modes alike; default 0, the agent's default)",
+    )
     bsvc.set_defaults(func=_cmd_bench_service)
     bfo = bench_sub.add_parser(
         "failover", help="kill -9 of the primary under load: time to first reply, writes lost"

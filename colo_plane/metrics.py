@@ -151,6 +151,6 @@ REQUEST_TO_ISSUE = Histogram(
 )
 ISSUE_TO_RESUMED = Histogram(
     "colo_checkpoint_issue_to_resumed_seconds",
-    "Control path: Agent.Checkpoint sent to its SECONDARY_RESUMED (the call's answer)",
+    "Control path: Agent.Checkpoint sent (armed: CHECKPOINT_REQUEST sent) to its SECONDARY_RESUMED",
     buckets=CONTROL_BUCKETS,
 )

@@ -57,6 +57,7 @@ class ErrorCode(enum.IntEnum):
     SERVICE = 28
     PAUSED = 29
     DUPLICATE = 30
+    DISARMED = 31
 
 
 class RecordType(enum.IntEnum):
@@ -157,6 +158,10 @@ class BackendError(NativeError):
     """The hypervisor backend failed or is not available here."""
 
 
+class Disarmed(NativeError):
+    """An armed checkpoint ended without starting (disarmed, unprotected, link lost)."""
+
+
 _STREAM_CODES = frozenset(range(ErrorCode.BAD_MAGIC, ErrorCode.PROTOCOL + 1))
 _CLOSED_CODES = frozenset({ErrorCode.IO, ErrorCode.EOF, ErrorCode.TRUNCATED})
 _BACKEND_CODES = frozenset(range(ErrorCode.NOT_PAUSED, ErrorCode.DUPLICATE + 1))
@@ -175,6 +180,8 @@ def _raise(code: int) -> None:
         cls = StreamClosed
     elif code in _BACKEND_CODES:
         cls = BackendError
+    elif code == ErrorCode.DISARMED:
+        cls = Disarmed
     else:
         cls = NativeError
     raise cls(code, detail)
@@ -806,6 +813,15 @@ def secondary_checkpoint(
 # ---- the COLO proxy -----------------------------------------------------------
 
 
+MAX_POLL_US: Final = 10_000
+
+
+def _poll_us(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_POLL_US:
+        raise ValueError(f"poll window must be 0..{MAX_POLL_US} microseconds, got {value!r}")
+    return value
+
+
 class ProxyEventKind(enum.IntEnum):
     HOLD = 1  # a reply is held: ask for a checkpoint including seq
     RELEASE = 2  # a held reply left: checkpoint epoch resumed
@@ -839,6 +855,22 @@ class ProxyStats:
     events_lost: int
 
 
+class ArmWhy(enum.IntEnum):
+    """What started an armed checkpoint."""
+
+    DIVERGENCE = 1  # a reply was held
+    TIMER = 2  # the arm's time ran out
+    FIRED = 3  # fire(): the coordinator wants it now
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    why: ArmWhy
+    reason: str  # DIVERGENCE: "mismatch" or "timeout" of the newest held reply
+    seq: int  # ... and its seq
+    t_ns: int  # CLOCK_MONOTONIC when the wait ended
+
+
 class Proxy:
     """The primary's COLO proxy (native/proxy.c): a C thread serves the
     clients of listener with dom's guest service and compares replies with
@@ -846,13 +878,15 @@ class Proxy:
 
     __slots__ = ("_dom", "_events", "_ptr")
 
-    def __init__(self, dom: Domain, listener: socket.socket, reply_timeout: float) -> None:
+    def __init__(
+        self, dom: Domain, listener: socket.socket, reply_timeout: float, *, poll_us: int = 0
+    ) -> None:
         ms = round(reply_timeout * 1000)
         if not 0 < ms < 2**32:
             raise ValueError(f"reply timeout must be positive, got {reply_timeout}")
         out = ffi.new("colo_proxy **")
         fd = listener.fileno()
-        _check(lib.colo_proxy_new(dom._p(), fd, ms, out))
+        _check(lib.colo_proxy_new(dom._p(), fd, ms, _poll_us(poll_us), out))
         listener.detach()  # the proxy owns it now
         self._dom = dom  # the guest must outlive the thread serving it
         self._ptr: Any = out[0]
@@ -884,6 +918,21 @@ class Proxy:
 
     def checkpoint_done(self, epoch: int, last_seq: int) -> None:
         lib.colo_proxy_checkpoint_done(self._p(), _u64("epoch", epoch), _u64("last_seq", last_seq))
+
+    def await_divergence(self, token: int, timeout: float) -> ArmResult:
+        """Blocks (GIL released) until a reply is held, fire(token) or timeout
+        seconds pass; raises Disarmed when the wait ends without a checkpoint."""
+        out = ffi.new("struct colo_arm_result *")
+        _check(lib.colo_proxy_await(self._p(), _u64("token", token), _timeout_ms(timeout), out))
+        return ArmResult(ArmWhy(out.why), PROXY_REASONS.get(int(out.reason), ""), int(out.seq), int(out.t_ns))
+
+    def fire(self, token: int) -> None:
+        """The armed checkpoint of token starts now (a later token is not touched)."""
+        lib.colo_proxy_fire(self._p(), _u64("token", token))
+
+    def disarm(self, token: int) -> None:
+        """The armed checkpoint of token ends without starting, unless it already started."""
+        lib.colo_proxy_disarm(self._p(), _u64("token", token))
 
     def events(self) -> list[ProxyEvent]:
         out: list[ProxyEvent] = []
@@ -933,9 +982,9 @@ class Mirror:
 
     __slots__ = ("_dom", "_ptr")
 
-    def __init__(self, dom: Domain, link: socket.socket) -> None:
+    def __init__(self, dom: Domain, link: socket.socket, *, poll_us: int = 0) -> None:
         out = ffi.new("colo_mirror **")
-        _check(lib.colo_mirror_new(dom._p(), link.fileno(), out))
+        _check(lib.colo_mirror_new(dom._p(), link.fileno(), _poll_us(poll_us), out))
         link.detach()
         self._dom = dom
         self._ptr: Any = out[0]

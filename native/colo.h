@@ -53,7 +53,8 @@ enum colo_error {
     COLO_E_UNSUPPORTED = 27,     /* hypervisor lacks a needed feature */
     COLO_E_SERVICE = 28,         /* guest service rejected a request */
     COLO_E_PAUSED = 29,          /* the guest is paused and cannot serve */
-    COLO_E_DUPLICATE = 30        /* the guest already processed this request */
+    COLO_E_DUPLICATE = 30,       /* the guest already processed this request */
+    COLO_E_DISARMED = 31         /* an armed checkpoint ended without starting */
 };
 
 /* Stream record types (docs/stream.md).  Xen's numbers where Xen has the
@@ -328,7 +329,12 @@ struct colo_proxy_stats {
     uint64_t events_lost;    /* events that found no memory (ask for a checkpoint anyway) */
 };
 
-int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, colo_proxy **out);
+/* poll_us: after handling events the thread polls this long before it
+ * sleeps (yielding the CPU between polls).  A request then finds it awake:
+ * on a host whose CPUs idle between requests, each wake-up from sleep costs
+ * more than the request itself.  0: always sleep. */
+int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, uint32_t poll_us,
+                   colo_proxy **out);
 /* Stops the thread and closes every fd (clients, link, listener). */
 void colo_proxy_free(colo_proxy *p);
 int colo_proxy_event_fd(const colo_proxy *p);
@@ -344,6 +350,32 @@ void colo_proxy_checkpoint_done(colo_proxy *p, uint64_t epoch, uint64_t last_seq
 void colo_proxy_events(colo_proxy *p, struct colo_proxy_event *out, uint64_t cap, uint64_t *n);
 void colo_proxy_stats(colo_proxy *p, struct colo_proxy_stats *out);
 
+/* Armed checkpoints (docs/protocol.md): the coordinator hands the primary
+ * an epoch ahead of time, and the checkpoint starts the moment a reply is
+ * held, with no round trip through the coordinator.  colo_proxy_await
+ * blocks until a reply is held (DIVERGENCE), colo_proxy_fire(token) is
+ * called (FIRED) or timeout_ms passes (TIMER); it fails with
+ * COLO_E_DISARMED on colo_proxy_disarm(token), detach, unprotect, a lost
+ * link or free.  token (the epoch) keeps a late fire or disarm from
+ * touching the next wait. */
+enum colo_arm_why {
+    COLO_ARM_NONE = 0,
+    COLO_ARM_DIVERGENCE = 1,
+    COLO_ARM_TIMER = 2,
+    COLO_ARM_FIRED = 3
+};
+
+struct colo_arm_result {
+    uint32_t why;            /* enum colo_arm_why */
+    uint32_t reason;         /* DIVERGENCE: enum colo_proxy_reason of the newest held reply */
+    uint64_t seq;            /* ... and its seq */
+    uint64_t t_ns;           /* CLOCK_MONOTONIC when the wait ended */
+};
+
+int colo_proxy_await(colo_proxy *p, uint64_t token, uint32_t timeout_ms, struct colo_arm_result *out);
+void colo_proxy_fire(colo_proxy *p, uint64_t token);
+void colo_proxy_disarm(colo_proxy *p, uint64_t token);
+
 /* Secondary (colo_mirror): runs the primary's framed requests on the
  * secondary guest in order and frames each reply back; a request the guest
  * already has (a checkpoint carried it: COLO_E_DUPLICATE) is skipped.  When
@@ -352,7 +384,8 @@ void colo_proxy_stats(colo_proxy *p, struct colo_proxy_stats *out);
 
 typedef struct colo_mirror colo_mirror;
 
-int colo_mirror_new(colo_domain *dom, int link_fd, colo_mirror **out);
+/* poll_us: as colo_proxy_new's. */
+int colo_mirror_new(colo_domain *dom, int link_fd, uint32_t poll_us, colo_mirror **out);
 void colo_mirror_free(colo_mirror *m);
 int colo_mirror_done_fd(const colo_mirror *m);
 /* *finished = 1 once the link ended; its code is returned (COLO_E_EOF: the

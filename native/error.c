@@ -44,6 +44,7 @@ static const char *const texts[] = {
     [COLO_E_SERVICE] = "guest service error",
     [COLO_E_PAUSED] = "the guest is paused",
     [COLO_E_DUPLICATE] = "request already processed",
+    [COLO_E_DISARMED] = "armed checkpoint ended without starting",
 };
 
 const char *colo_version(void) { return COLO_VERSION; }

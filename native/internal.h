@@ -123,6 +123,8 @@ void colo_sim_touch(colo_domain *dom, uint64_t pfn);          /* mark dirty */
 uint64_t colo_sim_random(colo_domain *dom);                  /* the host's stream */
 uint64_t colo_sim_service_pages(const colo_domain *dom);
 uint32_t colo_sim_divergence_ppm(const colo_domain *dom);
+/* Readable after an unpause (an eventfd; drain it before waiting on it again). */
+int colo_sim_resumed_fd(const colo_domain *dom);
 
 /* ---- socket I/O (io.c) -------------------------------------------------- */
 
@@ -141,7 +143,7 @@ int colo_io_readv_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms);
 #define COLO_PX_PAYLOAD_MAX (COLO_PX_LINE_MAX + 64)
 #define COLO_PX_REPLY_MAX 512       /* a guest service reply */
 #define COLO_PX_READ_CHUNK 65536    /* bytes read from a socket a wake-up */
-#define COLO_PX_PAUSED_RETRY_NS 200000 /* the guest is paused for a checkpoint: try again */
+#define COLO_PX_PAUSED_RETRY_NS 2000000 /* paused guest: try again (the resume eventfd wakes sooner) */
 
 /* Bytes [off, len) of data are queued. */
 struct colo_bytes {

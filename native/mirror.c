@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@ struct colo_mirror {
     int running;
     colo_domain *dom;
     int link_fd, stop_fd, done_fd;
+    uint64_t poll_ns;          /* busy-poll this long after activity before sleeping */
     struct colo_bytes in, out;
     int finished, result;
     uint64_t served, skipped;
@@ -41,6 +43,37 @@ static int wait_link(struct colo_mirror *m, short events, const struct timespec 
     return n > 0 && (fds[1].revents & POLLIN);
 }
 
+/* wait_link, polling for poll_ns first (colo.h says why); 1 when stopped. */
+static int wait_busy(struct colo_mirror *m, short events, short *revents)
+{
+    static const struct timespec zero = {0, 0};
+    uint64_t until = m->poll_ns ? colo_now_ns() + m->poll_ns : 0;
+    for (;;) {
+        int stopped = wait_link(m, events, &zero, revents);
+        if (stopped || *revents)
+            return stopped;
+        if (colo_now_ns() >= until)
+            return wait_link(m, events, NULL, revents);
+        sched_yield();  /* whoever else is runnable goes first */
+    }
+}
+
+/* Waits for the paused guest to resume (or a stop, or the timeout); 1 when stopped. */
+static int wait_resumed(struct colo_mirror *m, const struct timespec *timeout)
+{
+    int fd = colo_sim_resumed_fd(m->dom);
+    struct pollfd fds[2] = {{.fd = fd, .events = POLLIN}, {.fd = m->stop_fd, .events = POLLIN}};
+    uint64_t v;
+    int n;
+    do {
+        n = ppoll(fds, 2, timeout, NULL);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0 && (fds[0].revents & POLLIN) && read(fd, &v, sizeof(v)) < 0) {
+        /* drained by nobody else: EAGAIN cannot hurt, the next wait just wakes at once */
+    }
+    return n > 0 && (fds[1].revents & POLLIN);
+}
+
 /* One request on the guest, waiting while it is paused; COLO_OK with
  * *len = 0 when the guest already had it. */
 static int serve(struct colo_mirror *m, uint64_t seq, const uint8_t *line, uint32_t n, uint8_t *reply,
@@ -48,7 +81,6 @@ static int serve(struct colo_mirror *m, uint64_t seq, const uint8_t *line, uint3
 {
     static const struct timespec retry = {.tv_sec = 0, .tv_nsec = COLO_PX_PAUSED_RETRY_NS};
     for (;;) {
-        short revents;
         int rc = colo_sim_service(m->dom, seq, line, n, reply, COLO_PX_REPLY_MAX, len);
         if (rc == COLO_OK) {
             __atomic_add_fetch(&m->served, 1, __ATOMIC_RELAXED);
@@ -63,7 +95,7 @@ static int serve(struct colo_mirror *m, uint64_t seq, const uint8_t *line, uint3
             *len = colo_px_error_reply(reply);  /* refused: nothing changed, as on the primary */
             return COLO_OK;
         }
-        if (wait_link(m, 0, &retry, &revents))
+        if (wait_resumed(m, &retry))
             return colo_fail(COLO_E_EOF, "mirror stopped");
     }
 }
@@ -91,7 +123,7 @@ static int loop(struct colo_mirror *m)
         short revents;
         size_t got;
         int rc;
-        if (wait_link(m, POLLIN | (m->out.off < m->out.len ? POLLOUT : 0), NULL, &revents))
+        if (wait_busy(m, POLLIN | (m->out.off < m->out.len ? POLLOUT : 0), &revents))
             return COLO_OK;
         if (revents & (POLLIN | POLLERR | POLLHUP)) {
             if ((rc = colo_bytes_recv(&m->in, m->link_fd, COLO_PX_READ_CHUNK, &got)) != COLO_OK)
@@ -120,7 +152,7 @@ static void *run(void *arg)
     return NULL;
 }
 
-int colo_mirror_new(colo_domain *dom, int link_fd, colo_mirror **out)
+int colo_mirror_new(colo_domain *dom, int link_fd, uint32_t poll_us, colo_mirror **out)
 {
     struct colo_mirror *m;
     sigset_t all, old;
@@ -132,6 +164,7 @@ int colo_mirror_new(colo_domain *dom, int link_fd, colo_mirror **out)
         return colo_fail(COLO_E_NOMEM, "mirror");
     pthread_mutex_init(&m->mu, NULL);
     m->dom = dom;
+    m->poll_ns = (uint64_t)poll_us * 1000ULL;
     m->link_fd = -1;
     m->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     m->done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -145,6 +178,8 @@ int colo_mirror_new(colo_domain *dom, int link_fd, colo_mirror **out)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);  /* signals stay with Python's threads */
     rc = pthread_create(&m->thread, NULL, run, m);
+    if (rc == 0)
+        pthread_setname_np(m->thread, "colo-mirror");  /* top -H shows which thread is which */
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         m->link_fd = -1;  /* still the caller's on failure */

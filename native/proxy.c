@@ -7,8 +7,10 @@
  * proxy stops reading clients until the oldest is answered). */
 #include <errno.h>
 #include <fcntl.h>
+#include <time.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +29,7 @@
 #define TOO_LONG "ERROR request line longer than 512 bytes\n"
 
 /* epoll tags of the fixed fds; any other value is a struct conn *. */
-enum { TAG_LISTEN = 1, TAG_LINK, TAG_WAKE, TAG_SWEEP, TAG_RETRY };
+enum { TAG_LISTEN = 1, TAG_LINK, TAG_WAKE, TAG_SWEEP, TAG_RETRY, TAG_RESUMED };
 
 enum { F_LIVE = 1, F_SENT = 2, F_ANSWERED = 4, F_RELEASABLE = 8, F_ASKED = 16 };
 
@@ -57,12 +59,19 @@ struct conn {
 
 struct colo_proxy {
     pthread_mutex_t mu;
+    pthread_cond_t armed;      /* an armed checkpoint waits on it (colo_proxy_await) */
     pthread_t thread;
     int running, stop;
+    uint64_t fire_token;       /* colo_proxy_fire: the armed checkpoint of this token starts now */
+    uint64_t disarm_token;     /* colo_proxy_disarm: ... ends without a checkpoint */
+    uint64_t ask_seq;          /* the newest held reply, and why */
+    uint32_t ask_reason;
     colo_domain *dom;
     int epfd, listen_fd, link_fd, wake_fd, event_fd, sweep_fd, retry_fd;
-    uint32_t link_watching, listen_watching;
+    uint32_t link_watching, listen_watching, resumed_watching;
+    int resumed_fd;            /* the guest's: readable after an unpause (not ours to close) */
     uint64_t reply_timeout_ns;
+    uint64_t poll_ns;          /* busy-poll this long after activity before sleeping */
     int unprotected;           /* replies go straight out */
     int stalled;               /* some client waits for the guest or for ring room */
     int retry_due;             /* the retry timer fired or the ring got room */
@@ -213,7 +222,10 @@ static void ask(struct colo_proxy *p, struct entry *e, uint32_t reason)
         return;
     e->flags |= F_ASKED;
     p->st.held++;
+    p->ask_seq = e->seq;
+    p->ask_reason = reason;
     hold_event(p, e->seq, reason);
+    pthread_cond_broadcast(&p->armed);  /* an armed checkpoint starts at once */
 }
 
 /* One request line into the guest; COLO_E_PAUSED leaves it for later. */
@@ -430,6 +442,7 @@ static void link_lost(struct colo_proxy *p, int code)
     snprintf(ev.detail, sizeof(ev.detail), "%s", colo_last_error());
     link_close(p);
     push_event(p, &ev);
+    pthread_cond_broadcast(&p->armed);
 }
 
 static void compare(struct colo_proxy *p, uint64_t seq, const uint8_t *reply, uint32_t len)
@@ -518,6 +531,10 @@ static void dispatch(struct colo_proxy *p, const struct epoll_event *ev)
         p->retry_due = 1;
         p->retry_armed = 0;
         return;
+    case TAG_RESUMED:
+        drain_fd(p->resumed_fd);
+        p->retry_due = 1;
+        return;
     default: {
         struct conn *c = (struct conn *)(uintptr_t)ev->data.u64;
         if (ev->events & EPOLLIN)
@@ -540,11 +557,27 @@ static void settle(struct colo_proxy *p)
         }
     }
     if (p->stalled && !p->retry_due && !p->retry_armed) {
-        arm(p->retry_fd, COLO_PX_PAUSED_RETRY_NS, 0);
+        arm(p->retry_fd, COLO_PX_PAUSED_RETRY_NS, 0);  /* in case the guest stays paused */
         p->retry_armed = 1;
     }
+    /* A paused guest: the unpause wakes the loop, not a poll. */
+    set_watch(p, p->resumed_fd, &p->resumed_watching, p->stalled && !p->retry_due ? EPOLLIN : 0, TAG_RESUMED);
     link_flush(p);
     settle_clients(p);
+}
+
+/* Polls for poll_ns after the last batch before sleeping (colo.h says why). */
+static int wait_events(struct colo_proxy *p, struct epoll_event *evs, int max)
+{
+    uint64_t until = p->poll_ns ? colo_now_ns() + p->poll_ns : 0;
+    for (;;) {
+        int n = epoll_wait(p->epfd, evs, max, 0);
+        if (n != 0)
+            return n;
+        if (colo_now_ns() >= until)
+            return epoll_wait(p->epfd, evs, max, -1);
+        sched_yield();  /* whoever else is runnable goes first */
+    }
 }
 
 static void *run(void *arg)
@@ -552,7 +585,7 @@ static void *run(void *arg)
     struct colo_proxy *p = arg;
     struct epoll_event evs[64];
     for (;;) {
-        int n = epoll_wait(p->epfd, evs, 64, -1);
+        int n = wait_events(p, evs, 64);
         if (n < 0 && errno != EINTR)
             break;  /* cannot happen with a valid epfd; free() still joins */
         pthread_mutex_lock(&p->mu);
@@ -581,11 +614,23 @@ static int open_fds(struct colo_proxy *p)
         return colo_fail_errno(COLO_E_IO, errno, "proxy: epoll, eventfd or timerfd");
     if (watch(p, EPOLL_CTL_ADD, p->wake_fd, EPOLLIN, TAG_WAKE) || watch(p, EPOLL_CTL_ADD, p->sweep_fd, EPOLLIN, TAG_SWEEP) ||
         watch(p, EPOLL_CTL_ADD, p->retry_fd, EPOLLIN, TAG_RETRY) ||
-        watch(p, EPOLL_CTL_ADD, p->listen_fd, EPOLLIN, TAG_LISTEN))
+        watch(p, EPOLL_CTL_ADD, p->listen_fd, EPOLLIN, TAG_LISTEN) ||
+        watch(p, EPOLL_CTL_ADD, p->resumed_fd, 0, TAG_RESUMED))
         return COLO_E_IO;
     p->listen_watching = EPOLLIN;
     arm(p->sweep_fd, p->reply_timeout_ns / 4, p->reply_timeout_ns / 4);
     return COLO_OK;
+}
+
+/* The armed wait's deadline is on CLOCK_MONOTONIC, as every other time here. */
+static int cond_init(pthread_cond_t *cv)
+{
+    pthread_condattr_t attr;
+    int rc = pthread_condattr_init(&attr);
+    if (rc == 0 && (rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)) == 0)
+        rc = pthread_cond_init(cv, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc == 0 ? COLO_OK : colo_fail_errno(COLO_E_NOMEM, rc, "proxy: condition variable");
 }
 
 static int start_thread(struct colo_proxy *p)
@@ -595,6 +640,8 @@ static int start_thread(struct colo_proxy *p)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);  /* signals stay with Python's threads */
     rc = pthread_create(&p->thread, NULL, run, p);
+    if (rc == 0)
+        pthread_setname_np(p->thread, "colo-proxy");  /* top -H shows which thread is which */
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0)
         return colo_fail_errno(COLO_E_NOMEM, rc, "proxy thread");
@@ -602,7 +649,8 @@ static int start_thread(struct colo_proxy *p)
     return COLO_OK;
 }
 
-int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, colo_proxy **out)
+int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, uint32_t poll_us,
+                   colo_proxy **out)
 {
     struct colo_proxy *p;
     uint64_t last_seq = 0;
@@ -619,10 +667,18 @@ int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, c
         return colo_fail(COLO_E_NOMEM, "proxy of %u requests", RING);
     }
     pthread_mutex_init(&p->mu, NULL);
+    if ((rc = cond_init(&p->armed)) != COLO_OK) {
+        pthread_mutex_destroy(&p->mu);
+        free(p->ring);
+        free(p);
+        return rc;
+    }
     p->dom = dom;
     p->listen_fd = listen_fd;
+    p->resumed_fd = colo_sim_resumed_fd(dom);
     p->link_fd = p->epfd = p->wake_fd = p->event_fd = p->sweep_fd = p->retry_fd = -1;
     p->reply_timeout_ns = (uint64_t)reply_timeout_ms * 1000000ULL;
+    p->poll_ns = (uint64_t)poll_us * 1000ULL;
     p->unprotected = 1;
     p->lo = p->st.last_seq = p->st.covered = last_seq;  /* sequence numbers go on across failovers */
     if ((rc = open_fds(p)) != COLO_OK || (rc = start_thread(p)) != COLO_OK) {
@@ -648,6 +704,7 @@ void colo_proxy_free(colo_proxy *p)
     if (p->running) {
         pthread_mutex_lock(&p->mu);
         p->stop = 1;
+        pthread_cond_broadcast(&p->armed);
         pthread_mutex_unlock(&p->mu);
         if (write(p->wake_fd, &one, sizeof(one)) < 0) {
             /* the eventfd cannot be full; the join below would show it */
@@ -663,6 +720,7 @@ void colo_proxy_free(colo_proxy *p)
     close_fd(p->event_fd);
     close_fd(p->sweep_fd);
     close_fd(p->retry_fd);
+    pthread_cond_destroy(&p->armed);
     pthread_mutex_destroy(&p->mu);
     free(p->events);
     free(p->ring);
@@ -694,6 +752,7 @@ void colo_proxy_detach(colo_proxy *p)
 {
     pthread_mutex_lock(&p->mu);
     link_close(p);
+    pthread_cond_broadcast(&p->armed);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -702,6 +761,7 @@ void colo_proxy_unprotect(colo_proxy *p, uint64_t *released)
     uint64_t n = 0;
     pthread_mutex_lock(&p->mu);
     p->unprotected = 1;
+    pthread_cond_broadcast(&p->armed);
     for (uint64_t seq = p->lo + 1; seq <= p->st.last_seq; seq++) {
         struct entry *e = &p->ring[seq & (RING - 1)];
         if ((e->flags & F_LIVE) && !(e->flags & F_RELEASABLE)) {
@@ -759,3 +819,62 @@ void colo_proxy_stats(colo_proxy *p, struct colo_proxy_stats *out)
     *out = p->st;
     pthread_mutex_unlock(&p->mu);
 }
+
+/* ---- armed checkpoints --------------------------------------------------- */
+
+/* Why an armed wait ends now, or 0 to wait on; *rc is set when it ends without a checkpoint. */
+static uint32_t armed_outcome(struct colo_proxy *p, uint64_t token, int *rc)
+{
+    if (p->stop || p->unprotected || p->link_fd < 0 || p->disarm_token == token) {
+        *rc = colo_fail(COLO_E_DISARMED, "armed checkpoint %llu: %s", (unsigned long long)token,
+                        p->stop ? "the proxy is closing" : p->unprotected ? "the domain runs unprotected"
+                        : p->link_fd < 0 ? "no link to the secondary" : "disarmed");
+        return COLO_ARM_NONE;
+    }
+    if (p->st.held)
+        return COLO_ARM_DIVERGENCE;
+    if (p->fire_token == token)
+        return COLO_ARM_FIRED;
+    return 0;
+}
+
+int colo_proxy_await(colo_proxy *p, uint64_t token, uint32_t timeout_ms, struct colo_arm_result *out)
+{
+    struct timespec until;
+    int rc = COLO_OK, waited = 0;
+    memset(out, 0, sizeof(*out));
+    if (token == 0)
+        return colo_fail(COLO_E_INVAL, "armed checkpoint: token 0");
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&p->mu);
+    while ((out->why = armed_outcome(p, token, &rc)) == 0 && rc == COLO_OK) {
+        if (waited == ETIMEDOUT) {
+            out->why = COLO_ARM_TIMER;
+            break;
+        }
+        waited = pthread_cond_timedwait(&p->armed, &p->mu, &until);
+    }
+    out->seq = p->ask_seq;
+    out->reason = p->ask_reason;
+    pthread_mutex_unlock(&p->mu);
+    out->t_ns = colo_now_ns();
+    return rc;
+}
+
+static void arm_signal(colo_proxy *p, uint64_t *slot, uint64_t token)
+{
+    pthread_mutex_lock(&p->mu);
+    *slot = token;
+    pthread_cond_broadcast(&p->armed);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void colo_proxy_fire(colo_proxy *p, uint64_t token) { arm_signal(p, &p->fire_token, token); }
+
+void colo_proxy_disarm(colo_proxy *p, uint64_t token) { arm_signal(p, &p->disarm_token, token); }

@@ -6,7 +6,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -35,6 +37,7 @@ struct sim {
     struct sim_context ctx;
     uint64_t rng;                /* the host's random stream, not guest state */
     uint64_t writes;             /* total page writes, for tests */
+    int resumed_fd;              /* eventfd written at every unpause: a waiting proxy goes on at once */
     double owed;                 /* fractional writes carried between ticks */
     struct timespec last;
 };
@@ -140,6 +143,7 @@ static void sim_close(colo_domain *dom)
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->wake);
     colo_bitmap_free(s->dirty);
+    close(s->resumed_fd);
     free(s->page);
     free(s);
 }
@@ -157,12 +161,16 @@ static int sim_pause(colo_domain *dom)
 static int sim_unpause(colo_domain *dom)
 {
     struct sim *s = sim_of(dom);
+    uint64_t one = 1;
     pthread_mutex_lock(&s->mu);
     s->running = 1;
     s->owed = 0;
     clock_gettime(CLOCK_MONOTONIC, &s->last);
     pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->mu);
+    if (write(s->resumed_fd, &one, sizeof(one)) < 0) {
+        /* a full eventfd is already readable: the waiter wakes all the same */
+    }
     return COLO_OK;
 }
 
@@ -327,6 +335,8 @@ static int sim_init(struct sim *s, colo_domain *dom, const struct colo_sim_confi
         s->rng = 1;
     if ((rc = colo_bitmap_new(cfg->pages, &s->dirty)) != COLO_OK)
         return rc;
+    if ((s->resumed_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        return colo_fail_errno(COLO_E_IO, errno, "sim resume eventfd");
     if ((s->page = malloc(cfg->pages * sizeof(*s->page))) == NULL)
         return colo_fail(COLO_E_NOMEM, "sim page table");
     if ((rc = colo_domain_alloc_pages(dom, cfg->pages, &mem)) != COLO_OK)
@@ -336,7 +346,9 @@ static int sim_init(struct sim *s, colo_domain *dom, const struct colo_sim_confi
         s->page[i] = mem + i * COLO_PAGE_SIZE;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
-    if ((rc = pthread_create(&s->vcpu, NULL, vcpu_main, s)) != 0) {
+    if ((rc = pthread_create(&s->vcpu, NULL, vcpu_main, s)) == 0)
+        pthread_setname_np(s->vcpu, "colo-vcpu");  /* top -H shows which thread is which */
+    if (rc != 0) {
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->wake);
         return colo_fail_errno(COLO_E_NOMEM, rc, "starting the sim vCPU thread");
@@ -366,6 +378,8 @@ int colo_sim_open(const struct colo_sim_config *cfg, colo_domain **out)
         rc = sim_init(s, dom, cfg);
     if (rc) {
         colo_bitmap_free(s->dirty);
+        if (s->resumed_fd > 0)
+            close(s->resumed_fd);
         free(s->page);
         free(s);
         dom->priv = NULL;
@@ -424,6 +438,7 @@ void colo_sim_leave(colo_domain *dom) { pthread_mutex_unlock(&sim_of(dom)->mu); 
 uint8_t *colo_sim_page(colo_domain *dom, uint64_t pfn) { return sim_of(dom)->page[pfn]; }
 uint64_t colo_sim_random(colo_domain *dom) { return next_random(&sim_of(dom)->rng); }
 uint64_t colo_sim_service_pages(const colo_domain *dom) { return ((struct sim *)dom->priv)->cfg.service_pages; }
+int colo_sim_resumed_fd(const colo_domain *dom) { return ((struct sim *)dom->priv)->resumed_fd; }
 uint32_t colo_sim_divergence_ppm(const colo_domain *dom) { return ((struct sim *)dom->priv)->cfg.divergence_ppm; }
 
 void colo_sim_touch(colo_domain *dom, uint64_t pfn)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -16,10 +16,10 @@ from colo_plane import addresses, metrics, native
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink, domains, handshake, proxy
 from colo_plane.agent.primary import Outcome, PrimaryLink, TestHooks
-from colo_plane.agent.replica import Replica, stats_to_proto, verify_to_proto
+from colo_plane.agent.replica import Armed, Replica, stats_to_proto, verify_to_proto
 from colo_plane.agent.secondary import ProtocolError
 from colo_plane.agent.syncpoints import Role, SyncSink
-from colo_plane.rpc import check_domain, check_generation, fail, seconds
+from colo_plane.rpc import RpcError, check_domain, check_generation, fail, seconds
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,16 @@ CHECKPOINT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 REPLY_TIMEOUT = 0.5  # the secondary's reply, before the primary asks for a checkpoint
 RPC_TIMEOUT = 2.0
+POLL_US = 0  # see --poll-us
+ARMED_TRIGGERS = {
+    native.ArmWhy.DIVERGENCE: colo_pb2.CHECKPOINT_TRIGGER_REQUEST,
+    native.ArmWhy.TIMER: colo_pb2.CHECKPOINT_TRIGGER_TIMER,
+    native.ArmWhy.FIRED: colo_pb2.CHECKPOINT_TRIGGER_MANUAL,
+}
+PROXY_REASONS = {
+    "mismatch": colo_pb2.CHECKPOINT_REQUEST_REASON_OUTPUT_MISMATCH,
+    "timeout": colo_pb2.CHECKPOINT_REQUEST_REASON_REPLY_TIMEOUT,
+}
 SECRET_BYTES = 32
 
 
@@ -40,6 +50,7 @@ class AgentConfig:
     hooks: TestHooks = field(default_factory=TestHooks)
     service_host: str = "127.0.0.1"  # where primaries' proxies serve clients
     advertise_host: str = ""  # what clients dial instead of service_host (a wildcard, say)
+    poll_us: int = POLL_US  # the proxy's threads busy-poll this long before sleeping
 
 
 def _processed(replica: Replica) -> int:
@@ -99,6 +110,7 @@ class AgentCore:
         replica = self.replicas.pop(domain, None)
         if replica is not None:
             self.listener.forget(domain)
+            replica.disarm()
             await replica.close()
             metrics.DOMAINS_HELD.labels(replica.role.value).dec()
 
@@ -205,7 +217,7 @@ class AgentCore:
             )
             return
         replica.proxy_task = asyncio.create_task(
-            proxy.SecondaryProxy(replica.domain, replica.dom).run(link),
+            proxy.SecondaryProxy(replica.domain, replica.dom, poll_us=self.config.poll_us).run(link),
             name=f"proxy-{replica.domain}",
         )
 
@@ -275,6 +287,7 @@ class AgentCore:
             replica.dom,
             request_checkpoint=lambda seq, reason: self._request_checkpoint(replica, seq, reason),
             reply_timeout=seconds(spec.reply_timeout, REPLY_TIMEOUT),
+            poll_us=self.config.poll_us,
         )
         try:
             bound = await replica.proxy.start(self.config.service_host, spec.port)
@@ -358,6 +371,10 @@ class AgentCore:
                 f"{replica.domain}: epoch {epoch} did not complete within {timeout:.1f} s; the data "
                 "connection was closed and the pair needs re-protection",
             )
+        except native.Disarmed as exc:
+            fail(
+                grpc.StatusCode.ABORTED, f"{replica.domain}: armed epoch {epoch} never started: {exc.detail}"
+            )
         except (native.NativeError, ProtocolError, OSError) as exc:
             replica.last_error = f"epoch {epoch}: {exc}"
             log.warning("%s: epoch %d failed: %s", replica.domain, epoch, exc)
@@ -385,6 +402,10 @@ class AgentCore:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this host is the secondary of {req.domain}: send Checkpoint to the primary's agent",
             )
+        armed = replica.armed
+        if armed is not None and armed.epoch == req.epoch and armed.generation == req.generation:
+            armed.proxy.fire(req.epoch)  # the coordinator wants the armed epoch now
+            return await asyncio.shield(armed.answer)
         link = replica.link
         if link is None or link.broken:
             fail(
@@ -403,29 +424,89 @@ class AgentCore:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{req.domain} is busy with another checkpoint or command: wait for it to finish",
             )
+        arm = seconds(req.arm, 0.0)
+        if arm and (replica.proxy is None or replica.proxy.data_path is None):
+            fail(grpc.StatusCode.FAILED_PRECONDITION, f"{req.domain} has no proxy here to arm a checkpoint")
         async with replica.busy:
-            replica.state = colo_pb2.PAIR_STATE_CHECKPOINTING
-            try:
-                outcome = await self._run_link(
-                    replica, link.checkpoint, req.epoch, seconds(req.timeout, CHECKPOINT_TIMEOUT)
+            timeout = seconds(req.timeout, CHECKPOINT_TIMEOUT)
+            if arm:
+                outcome = await self._armed(replica, link, req, arm, timeout)
+            else:
+                replica.state = colo_pb2.PAIR_STATE_CHECKPOINTING
+                outcome = await self._checkpointed(
+                    replica, self._run_link(replica, link.checkpoint, req.epoch, timeout)
                 )
-            except BaseException:
-                replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
-                raise
-            replica.epoch, replica.state = req.epoch, colo_pb2.PAIR_STATE_PROTECTED
-            replica.checkpoints += 1
-            replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
-            if replica.proxy is not None:
-                replica.proxy.checkpoint_done(req.epoch, outcome.stats.last_seq)
             if req.final:  # switchover: the guest stays paused so the secondary's copy is the last word
                 replica.dom.pause()
-        return colo_pb2.AgentCheckpointResponse(
+        return self._answer(req, outcome)
+
+    async def _checkpointed(self, replica: Replica, run: Awaitable[Outcome]) -> Outcome:
+        """Waits for a checkpoint and files its outcome on the replica."""
+        try:
+            outcome = await run
+        except BaseException:
+            replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
+            raise
+        replica.epoch, replica.state = outcome.epoch, colo_pb2.PAIR_STATE_PROTECTED
+        replica.checkpoints += 1
+        replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
+        if replica.proxy is not None:
+            replica.proxy.checkpoint_done(outcome.epoch, outcome.stats.last_seq)
+        return outcome
+
+    async def _armed(
+        self,
+        replica: Replica,
+        link: PrimaryLink,
+        req: colo_pb2.AgentCheckpointRequest,
+        arm: float,
+        timeout: float,
+    ) -> Outcome:
+        """An armed checkpoint: starts in C at the first held reply, a second
+        call for the epoch, or after arm seconds (docs/protocol.md)."""
+        assert replica.proxy is not None
+        assert replica.proxy.data_path is not None
+        proxy = replica.proxy.data_path
+        answer: asyncio.Future[colo_pb2.AgentCheckpointResponse] = asyncio.get_running_loop().create_future()
+        replica.armed = Armed(req.epoch, req.generation, proxy, answer)
+        replica.proxy.arming(True)
+        try:
+            outcome = await self._checkpointed(
+                replica,
+                self._run_link(
+                    replica, lambda epoch: link.armed_checkpoint(epoch, arm), req.epoch, arm + timeout
+                ),
+            )
+            answer.set_result(self._answer(req, outcome))
+            return outcome
+        except BaseException as exc:
+            proxy.disarm(req.epoch)  # cancelled before it started: it must not start later
+            if not isinstance(exc, Exception):
+                exc = RpcError(grpc.StatusCode.ABORTED, f"armed epoch {req.epoch} was cancelled")
+            answer.set_exception(exc)
+            answer.exception()  # nobody may be waiting: no "never retrieved" warning
+            raise
+        finally:
+            replica.armed = None
+            replica.proxy.arming(False)
+
+    @staticmethod
+    def _answer(req: colo_pb2.AgentCheckpointRequest, outcome: Outcome) -> colo_pb2.AgentCheckpointResponse:
+        resp = colo_pb2.AgentCheckpointResponse(
             domain=req.domain,
             generation=req.generation,
             epoch=req.epoch,
             stats=stats_to_proto(outcome.stats),
             verify=verify_to_proto(outcome.verify),
+            trigger=req.trigger,
         )
+        why = outcome.armed
+        if why is not None:
+            resp.trigger = ARMED_TRIGGERS[why.why]
+            if why.why is native.ArmWhy.DIVERGENCE:
+                resp.reason = PROXY_REASONS[why.reason]
+                resp.request_seq = why.seq
+        return resp
 
     # -- role changes --------------------------------------------------------------
 
@@ -478,6 +559,7 @@ class AgentCore:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this host is the secondary of {req.domain}, not its primary",
             )
+        replica.disarm()
         async with replica.busy:
             await replica.disconnect()
             replica.generation, replica.peer_host = req.generation, ""
@@ -493,6 +575,7 @@ class AgentCore:
         if replica is None:
             return colo_pb2.ReleaseResponse(domain=req.domain, generation=req.generation, was_held=False)
         self._not_stale(replica, req.generation, "Release")
+        replica.disarm()
         async with replica.busy:
             if req.keep_running and replica.role is Role.PRIMARY:
                 await replica.disconnect()

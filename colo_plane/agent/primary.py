@@ -35,6 +35,7 @@ class Outcome:
     epoch: int
     stats: Stats
     verify: Verify
+    armed: native.ArmResult | None = None  # an armed checkpoint: what started it
 
 
 class PrimaryLink:
@@ -172,6 +173,19 @@ class PrimaryLink:
         """The six steps; returns at SECONDARY_RESUMED."""
         with self.lock:
             return self._guard(lambda: self._checkpoint(epoch))
+
+    def armed_checkpoint(self, epoch: int, arm: float) -> Outcome:
+        """Waits (in C, without the lock: GetStatus may hash meanwhile) for
+        the first held reply, a fire() of epoch or arm seconds, then runs the
+        checkpoint at once, on this thread.  native.Disarmed: it never started."""
+        if self.release is None:
+            raise ProtocolError("an armed checkpoint needs the domain's proxy")
+        if self.broken:
+            raise ProtocolError(f"data connection already failed: {self.broken}")
+        why = self.release.await_divergence(epoch, arm)
+        with self.lock:
+            out = self._guard(lambda: self._checkpoint(epoch))
+        return Outcome(out.epoch, out.stats, out.verify, why)
 
     def _guard(self, run: Callable[[], Outcome]) -> Outcome:
         if self.broken:

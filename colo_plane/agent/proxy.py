@@ -5,7 +5,11 @@ request crosses Python.  On the primary a C thread owns the domain's client
 address; it numbers each request, runs it on the primary guest, frames it
 to the secondary and compares the replies.  Equal: released.  Different, or
 missing past the reply timeout: held, and a HOLD event reaches this module,
-which logs it and asks the coordinator for a checkpoint.  The agent reports
+which logs it.  The coordinator keeps an armed checkpoint waiting on the
+proxy (docs/protocol.md): a held reply starts it in C at once.  Only when
+no checkpoint was ever armed here, or none has been armed for a while
+although replies are held, does this module ask the coordinator
+(RequestCheckpoint).  The agent reports
 each checkpoint that reached SECONDARY_RESUMED (checkpoint_done); the C side
 releases every held reply the checkpoint's state includes.  Unprotected,
 replies go straight out; a primary that lost its secondary on its own keeps
@@ -49,11 +53,13 @@ class PrimaryProxy:
         *,
         request_checkpoint: RequestCheckpoint,
         reply_timeout: float,
+        poll_us: int = 0,
     ) -> None:
         self.domain = domain
         self.dom = dom
         self.request_checkpoint = request_checkpoint
         self.reply_timeout = reply_timeout
+        self.poll_us = poll_us
         self._native: native.Proxy | None = None
         self._want = 0  # highest held seq a checkpoint must include
         self._want_reason = "mismatch"
@@ -63,18 +69,23 @@ class PrimaryProxy:
         self._asker: asyncio.Task[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._seen = native.ProxyStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
+        self._arms = 0  # armed checkpoints waiting now
+        self._armed_ever = False
+        self._unarmed_since = 0.0  # loop time the last armed checkpoint ended
+        self._reading = False  # the event fd is watched
 
     async def start(self, host: str, port: int) -> str:
         listener = listen(host, port)
         address = addresses.join(host, listener.getsockname()[1])
         try:
-            self._native = native.Proxy(self.dom, listener, self.reply_timeout)
+            self._native = native.Proxy(self.dom, listener, self.reply_timeout, poll_us=self.poll_us)
         except BaseException:
             listener.close()
             raise
         self._covered = self._native.stats().covered
         loop = asyncio.get_running_loop()
         loop.add_reader(self._native.event_fd, self._on_events)
+        self._reading = True
         self._ticker = loop.call_later(TICK, self._tick)
         return address
 
@@ -103,6 +114,13 @@ class PrimaryProxy:
         """The coordinator says the secondary is lost: release everything held."""
         return self._native.unprotect() if self._native is not None else 0
 
+    def arming(self, waiting: bool) -> None:
+        """An armed checkpoint starts waiting (True) or ended (False)."""
+        self._armed_ever = True
+        self._arms += 1 if waiting else -1
+        if not waiting:
+            self._unarmed_since = asyncio.get_running_loop().time()
+
     def checkpoint_done(self, epoch: int, last_seq: int) -> None:
         """SECONDARY_RESUMED of checkpoint epoch, whose state includes every request <= last_seq."""
         self._covered = max(self._covered, last_seq)
@@ -112,6 +130,17 @@ class PrimaryProxy:
     # -- what the C side tells ------------------------------------------------------
 
     def _on_events(self) -> None:
+        if self._native is None:
+            return
+        if self._armed_ever:
+            # Armed checkpoints serve held replies in C: what is left here (the
+            # log) waits for the tick instead of waking the loop twice a checkpoint.
+            asyncio.get_running_loop().remove_reader(self._native.event_fd)
+            self._reading = False
+            return
+        self._drain()
+
+    def _drain(self) -> None:
         if self._native is None:
             return
         holds: list[str] = []
@@ -131,19 +160,27 @@ class PrimaryProxy:
         # at hundreds of holds a second); tests check it against the sync points.
         if holds:
             log.info("%s: holding replies %s", self.domain, ", ".join(holds))
-        for (epoch, t_ns), seqs in releases.items():
+        if releases:
             log.info(
-                "%s: released held replies after epoch=%d resumed t=%d: %s",
+                "%s: released held replies %s",
                 self.domain,
-                epoch,
-                t_ns,
-                ", ".join(seqs),
+                "; ".join(
+                    f"after epoch={epoch} resumed t={t_ns}: {', '.join(seqs)}"
+                    for (epoch, t_ns), seqs in releases.items()
+                ),
             )
         self._kick()
 
-    def _kick(self) -> None:
+    def _kick(self, *, tick: bool = False) -> None:
+        if self._armed_ever and not self._unarmed(tick):
+            return  # the armed checkpoint serves held replies, no need to ask
         if self._asker is None and self._want > max(self._covered, self._asked):
             self._asker = asyncio.create_task(self._ask(), name=f"proxy-asker-{self.domain}")
+
+    def _unarmed(self, tick: bool) -> bool:
+        """Nothing armed for a whole tick although replies are held: ask after all."""
+        idle = asyncio.get_running_loop().time() - self._unarmed_since
+        return tick and self._arms == 0 and idle > TICK
 
     async def _ask(self) -> None:
         """One RequestCheckpoint at a time, for the newest held reply: the
@@ -163,9 +200,13 @@ class PrimaryProxy:
         promised is asked for again (a checkpoint can fail)."""
         self._refresh_metrics()
         loop = asyncio.get_running_loop()
+        self._drain()
+        if not self._reading and self._native is not None:
+            loop.add_reader(self._native.event_fd, self._on_events)
+            self._reading = True
         if self._asked > self._covered and loop.time() - self._asked_at > 2 * TICK:
             self._asked = self._covered
-        self._kick()
+        self._kick(tick=True)
         self._ticker = loop.call_later(TICK, self._tick)
 
     def _refresh_metrics(self) -> None:
@@ -191,6 +232,7 @@ class PrimaryProxy:
                 await self._asker
         if self._native is not None:
             asyncio.get_running_loop().remove_reader(self._native.event_fd)
+            self._drain()  # the last holds and releases, on the record
             self._refresh_metrics()
             await asyncio.to_thread(self._native.close)  # joins the C thread
             self._native = None
@@ -199,12 +241,13 @@ class PrimaryProxy:
 class SecondaryProxy:
     """Runs the primary's forwarded requests on the secondary guest."""
 
-    def __init__(self, domain: str, dom: native.Domain) -> None:
+    def __init__(self, domain: str, dom: native.Domain, *, poll_us: int = 0) -> None:
         self.domain = domain
         self.dom = dom
+        self.poll_us = poll_us
 
     async def run(self, link: socket.socket) -> None:
-        mirror = native.Mirror(self.dom, link)
+        mirror = native.Mirror(self.dom, link, poll_us=self.poll_us)
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
         loop.add_reader(mirror.done_fd, done.set)

@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Armed:
+    """An armed checkpoint waiting on the primary's proxy (docs/protocol.md)."""
+
+    epoch: int
+    generation: int
+    proxy: native.Proxy
+    answer: asyncio.Future[colo_pb2.AgentCheckpointResponse]  # for a second call that fires it
+
+
+@dataclass
 class Replica:
     domain: str
     generation: int
@@ -45,6 +55,12 @@ class Replica:
     proxy: PrimaryProxy | None = None  # primary: the client side
     proxy_task: asyncio.Task[None] | None = None  # secondary: runs forwarded requests
     service_address: str = ""
+    armed: Armed | None = None  # primary: the armed checkpoint waiting for a held reply
+
+    def disarm(self) -> None:
+        """Ends an armed checkpoint that has not started (it holds busy while it waits)."""
+        if self.armed is not None:
+            self.armed.proxy.disarm(self.armed.epoch)
 
     # -- the data connection ---------------------------------------------------
 

@@ -9,10 +9,10 @@ import uuid
 
 import grpc
 
-from colo_plane import addresses, serving
+from colo_plane import addresses, native, serving
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink
-from colo_plane.agent.core import AgentConfig, AgentCore
+from colo_plane.agent.core import POLL_US, AgentConfig, AgentCore
 from colo_plane.agent.primary import TestHooks
 from colo_plane.agent.registration import Registration
 from colo_plane.agent.reporter import SyncReporter
@@ -59,6 +59,8 @@ def advertised(bound: str, advertise_host: str) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    if not 0 <= args.poll_us <= native.MAX_POLL_US:
+        raise SystemExit(f"colo agent: --poll-us must be 0..{native.MAX_POLL_US}, got {args.poll_us}")
     for address in (args.listen, args.data_listen, addresses.join(args.service_host or "0.0.0.0", 0)):
         advertised(address, args.advertise_host)  # refuse a wildcard before binding anything
     incarnation = uuid.uuid4().hex
@@ -78,6 +80,7 @@ async def run(args: argparse.Namespace) -> int:
             hooks=hooks,
             service_host=args.service_host,
             advertise_host=args.advertise_host,
+            poll_us=args.poll_us,
         ),
         listener,
         reporter.submit,
@@ -147,6 +150,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="host the coordinator, peers and clients dial for this agent's ports "
         "(needed when a listen address is a wildcard such as 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--poll-us",
+        type=int,
+        default=POLL_US,
+        metavar="MICROSECONDS",
+        help="the COLO proxy's threads poll this long after a request before they sleep: a request "
+        f"then costs no wake-up, for a little CPU (0: never poll; default {POLL_US})",
     )
     parser.add_argument(
         "--label",

@@ -234,10 +234,15 @@ class Results:
 
 async def _run(*, pairs: int, rate: float, seconds: float, hosts: int, procs: int, single: int) -> Results:
     workdir = Path(tempfile.mkdtemp(prefix="colo-bench-control-"))
-    # Heartbeats every second and no timer checkpoints: the control path
-    # measured is the request path alone.
+    # Heartbeats every second, no timer checkpoints and no armed epochs (the
+    # fake agents ack at once): the control path measured is the request path
+    # alone (RequestCheckpoint -> Agent.Checkpoint).
     settings = Settings(
-        heartbeat_interval=1.0, heartbeat_timeout=10.0, checkpoint_interval=3600.0, flush_interval=0.5
+        heartbeat_interval=1.0,
+        heartbeat_timeout=10.0,
+        checkpoint_interval=3600.0,
+        flush_interval=0.5,
+        arm_checkpoints=False,
     )
     running = await coordinator_server.start(str(workdir / "colo.db"), "127.0.0.1:0", settings)
     core = running.core

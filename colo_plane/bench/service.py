@@ -66,13 +66,15 @@ def run(
     seconds: float = 5.0,
     pages: int = 262144,  # 1 GiB; half of it a store of 2M keys: no round fills it
     rounds: int = 3,
+    poll_us: int = 0,
 ) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="colo-bench-") as tmp:
         cluster = LocalCluster(Path(tmp))
         try:
             coordinator = cluster.start_coordinator()
-            primary = cluster.start_agent("host-a", coordinator.grpc)
-            cluster.start_agent("host-b", coordinator.grpc)
+            poll = ("--poll-us", str(poll_us))
+            primary = cluster.start_agent("host-a", coordinator.grpc, *poll)
+            cluster.start_agent("host-b", coordinator.grpc, *poll)
             channel = grpc.insecure_channel(coordinator.grpc)
             stub = colo_pb2_grpc.CoordinatorStub(channel)
             deadline = time.monotonic() + 15
@@ -193,5 +195,5 @@ def render(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def as_json(results: list[Result]) -> dict[str, object]:
-    return {"bench": "service", "cases": [asdict(r) for r in results]}
+def as_json(results: list[Result], *, poll_us: int = 0) -> dict[str, object]:
+    return {"bench": "service", "poll_us": poll_us, "cases": [asdict(r) for r in results]}

@@ -22,6 +22,10 @@ def _enum(enum_type: object, value: int, prefix: str) -> str:
     return name.removeprefix(prefix)
 
 
+def _pending(p: colo_pb2.Pair) -> str:
+    return "in flight" if p.state == colo_pb2.PAIR_STATE_CHECKPOINTING else "armed"
+
+
 def state(value: int) -> str:
     return _enum(colo_pb2.PairState, value, "PAIR_STATE_")
 
@@ -70,7 +74,7 @@ def pair(p: colo_pb2.Pair) -> str:
         f"domain:           {p.domain}",
         f"state:            {state(p.state)} (since {_ago(p.state_since)})",
         f"generation:       {p.generation}",
-        f"epoch:            {p.epoch}" + (f" (epoch {p.pending_epoch} in flight)" if p.pending_epoch else ""),
+        f"epoch:            {p.epoch}" + (f" ({_pending(p)}: {p.pending_epoch})" if p.pending_epoch else ""),
         f"primary:          {p.primary_host or '-'}",
         f"secondary:        {p.secondary_host or '-'}",
         f"service:          {p.service_endpoint or '-'}",

@@ -1,11 +1,20 @@
 """Checkpoint issuing: one driver task per pair issues every checkpoint of
-that pair, so there is never more than one at once.  A request (the
-primary's proxy), an on-demand call or the pair's timer each make a
-checkpoint wanted; whatever arrives while one is in flight joins the next."""
+that pair, so there is never more than one at once.
+
+While the pair is PROTECTED and nothing else is wanted, the driver keeps
+the next epoch *armed* on the primary (docs/protocol.md): an
+Agent.Checkpoint call that starts, in C, the moment the primary's proxy
+holds a reply, or when the pair's interval passes.  A held reply thus
+never waits for a round trip through the coordinator.  An on-demand call
+(or a RequestCheckpoint, the primary's fallback) fires the armed epoch with
+a second call for it.  Without arming (--no-arm-checkpoints) a request, an
+on-demand call or the timer each make a checkpoint wanted; whatever arrives
+while one is in flight joins the next."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -29,6 +38,9 @@ Result = asyncio.Future[colo_pb2.AgentCheckpointResponse]
 # Errors after which the agent has closed the data connection: no further
 # checkpoint can work until the pair is re-protected.
 LINK_LOST = (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+ARM_RETRY = 0.2  # seconds after a failed checkpoint before the next epoch is armed
 
 
 class CheckpointError(Exception):
@@ -56,6 +68,8 @@ class Wanted:
     since: float  # time.perf_counter() of the first request it serves
     waiters: list[Result] = field(default_factory=list)
     final: bool = False
+    arm: float = 0.0  # armed: the primary starts it at a held reply or after this many seconds
+    fired: bool = False  # armed, and the coordinator asked for it now (trigger says why)
 
 
 @dataclass
@@ -69,6 +83,9 @@ class PairDriver:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     next_timer: float = 0.0  # loop.time() when the interval passes
     call: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None  # Agent.Checkpoint in flight
+    armed: Wanted | None = None  # the armed checkpoint in flight
+    armed_req: colo_pb2.AgentCheckpointRequest | None = None
+    fire_call: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None
 
 
 # Called when a checkpoint shows the secondary cannot be trusted any more.
@@ -105,8 +122,9 @@ class CheckpointDriver:
     async def stop(self, domain: str) -> None:
         d = self.drivers.pop(domain, None)
         if d is not None and d.task is not None:
-            if d.call is not None:
-                d.call.cancel()
+            for call in (d.call, d.fire_call):
+                if call is not None:
+                    call.cancel()
             d.task.cancel()
             await asyncio.gather(d.task, return_exceptions=True)
             self._fail_waiters(d, grpc.StatusCode.FAILED_PRECONDITION, f"{domain} is no longer protected")
@@ -135,6 +153,10 @@ class CheckpointDriver:
         """Makes a checkpoint wanted; returns (the epoch that will serve it,
         coalesced, a future of its answer if wait)."""
         d = self.drivers[domain]
+        if d.armed is not None and not final:
+            return self._join_armed(d, trigger, wait)
+        if d.armed is not None:
+            self._fire(d, trigger)  # the final checkpoint comes next, right after it
         coalesced = d.wanted is not None
         if d.wanted is None:
             d.wanted = Wanted(trigger, time.perf_counter())
@@ -147,10 +169,50 @@ class CheckpointDriver:
         _requests(trigger, coalesced).inc()
         return d.rec.epoch_allocated + 1, coalesced, future
 
+    def _join_armed(
+        self, d: PairDriver, trigger: colo_pb2.CheckpointTrigger, wait: bool
+    ) -> tuple[int, bool, Result | None]:
+        """The armed checkpoint serves the request: fired now, unless it was already."""
+        armed = d.armed
+        assert armed is not None
+        coalesced = armed.fired
+        self._fire(d, trigger)
+        future: Result | None = None
+        if wait:
+            future = asyncio.get_running_loop().create_future()
+            armed.waiters.append(future)
+        _requests(trigger, coalesced).inc()
+        return d.rec.pair.pending_epoch, coalesced, future
+
+    def _fire(self, d: PairDriver, trigger: colo_pb2.CheckpointTrigger) -> None:
+        """A second Agent.Checkpoint for the armed epoch: it starts now (its answer
+        is the armed call's; this call's own is only logged)."""
+        armed, req = d.armed, d.armed_req
+        if armed is None or req is None or armed.fired:
+            return
+        armed.fired, armed.trigger, armed.since = True, trigger, time.perf_counter()
+        try:
+            client = self.registry.client(d.rec.pair.primary_host)
+        except KeyError:
+            return  # the armed call fails on its own
+        fire = colo_pb2.AgentCheckpointRequest()
+        fire.CopyFrom(req)
+        fire.ClearField("arm")
+        fire.trigger = trigger
+        d.fire_call = asyncio.ensure_future(client.checkpoint(fire, timeout=self.timeout(d.rec) + 1.0))
+        d.fire_call.add_done_callback(functools.partial(self._fired, d.rec.domain, req.epoch))
+
+    @staticmethod
+    def _fired(domain: str, epoch: int, call: asyncio.Future[colo_pb2.AgentCheckpointResponse]) -> None:
+        if not call.cancelled() and call.exception() is not None:
+            log.debug("%s: firing armed epoch %d: %s", domain, epoch, call.exception())
+
     async def hold(self, domain: str) -> None:
-        """No new checkpoint for the pair until release(); returns once none is in flight."""
+        """No new checkpoint for the pair until release(); returns once none is in
+        flight (an armed one is fired, so the caller knows how it ended)."""
         d = self.drivers[domain]
         d.holds += 1
+        self._fire(d, colo_pb2.CHECKPOINT_TRIGGER_MANUAL)
         await d.idle.wait()
 
     def release(self, domain: str) -> None:
@@ -168,30 +230,38 @@ class CheckpointDriver:
     async def _run(self, d: PairDriver) -> None:
         loop = asyncio.get_running_loop()
         while d.rec.state != STOPPED:
-            if d.wanted is None or not self._ready(d):
+            if not self._ready(d):
                 d.wake.clear()
+                await d.wake.wait()
+                # The interval restarts when the pair is protected again.
+                d.next_timer = loop.time() + self.interval(d.rec)
+                continue
+            if d.wanted is None:
                 delay = d.next_timer - loop.time()
-                if delay > 0 or not self._ready(d):
-                    try:
-                        async with asyncio.timeout(delay if delay > 0 else None):
-                            await d.wake.wait()
-                    except TimeoutError:
-                        pass
-                if not self._ready(d):
-                    # The interval restarts when the pair is protected again.
-                    d.next_timer = loop.time() + self.interval(d.rec)
-                    continue
-                if d.wanted is None and loop.time() >= d.next_timer:
+                if delay <= 0:
                     d.wanted = Wanted(colo_pb2.CHECKPOINT_TRIGGER_TIMER, time.perf_counter())
-                if d.wanted is None:
+                elif self.settings.arm_checkpoints:
+                    d.wanted = Wanted(colo_pb2.CHECKPOINT_TRIGGER_TIMER, time.perf_counter(), arm=delay)
+                else:
+                    d.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await d.wake.wait()
                     continue
             wanted, d.wanted = d.wanted, None
+            ok = False
             try:
-                await self._issue(d, wanted)
+                ok = await self._issue(d, wanted)
             except Exception as exc:  # a bug must not stop the pair's checkpoints for good
                 log.exception("%s: issuing a checkpoint failed", d.rec.domain)
                 self._resolve(wanted, error=CheckpointError(grpc.StatusCode.INTERNAL, str(exc)))
             d.next_timer = loop.time() + self.interval(d.rec)
+            if not ok and d.wanted is None:
+                # Re-arming at once would turn a failing primary into a busy loop.
+                d.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(ARM_RETRY, self.interval(d.rec))):
+                        await d.wake.wait()
 
     async def issue_now(
         self, domain: str, trigger: colo_pb2.CheckpointTrigger, *, final: bool = False
@@ -204,18 +274,12 @@ class CheckpointDriver:
         await self._issue(d, wanted)
         return await future
 
-    async def _issue(self, d: PairDriver, wanted: Wanted) -> None:
+    async def _issue(self, d: PairDriver, wanted: Wanted) -> bool:
+        """One checkpoint, armed or now; True when it completed."""
         rec = d.rec
         generation, primary = rec.generation, rec.pair.primary_host
         epoch = self.machine.allocate_epoch(rec)
         issued = time.perf_counter()
-        waited = issued - wanted.since
-        _to_issue(wanted.trigger).observe(waited)
-        if self.samples is not None and wanted.trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST:
-            self.samples.append(waited)
-        self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
-        d.inflight_epoch = epoch
-        d.idle.clear()
         timeout = self.timeout(rec)
         req = colo_pb2.AgentCheckpointRequest(
             domain=rec.domain,
@@ -225,6 +289,14 @@ class CheckpointDriver:
             timeout=duration(timeout),
             final=wanted.final,
         )
+        if wanted.arm:
+            req.arm.CopyFrom(duration(wanted.arm))
+            self.machine.checkpoint_armed(rec, epoch)
+            d.armed, d.armed_req = wanted, req
+        else:
+            self._issued(rec, epoch, wanted, issued)
+        d.inflight_epoch = epoch
+        d.idle.clear()
         try:
             try:
                 client = self.registry.client(primary)
@@ -237,22 +309,24 @@ class CheckpointDriver:
                     code=grpc.StatusCode.UNAVAILABLE,
                     details=f"primary {primary} is not registered",
                 )
-                return
-            # The agent aborts at `timeout`; the call's deadline leaves it time to say so.  A
-            # role change cancels the call (abandon()): a hung primary must not hold the driver.
-            d.call = asyncio.ensure_future(client.checkpoint(req, timeout=timeout + 1.0))
+                return False
+            # The agent aborts at `timeout` (after the arm); the call's deadline leaves it time to
+            # say so.  A role change cancels the call (abandon()): a hung primary must not hold the
+            # driver.
+            d.call = asyncio.ensure_future(client.checkpoint(req, timeout=wanted.arm + timeout + 1.0))
             try:
                 await asyncio.wait({d.call})
                 call = d.call
             finally:
                 d.call = None
+                d.armed = d.armed_req = None
             if not call.cancelled() and isinstance(call.exception(), grpc.aio.AioRpcError):
                 exc = call.exception()
                 assert isinstance(exc, grpc.aio.AioRpcError)
                 self._failed(
                     d, wanted, generation, epoch, code=exc.code(), details=exc.details() or exc.code().name
                 )
-                return
+                return False
             if call.cancelled() or rec.generation != generation or rec.pair.pending_epoch != epoch:
                 # A role change overtook it; the answer belongs to a superseded generation.
                 self._resolve(
@@ -261,9 +335,14 @@ class CheckpointDriver:
                         grpc.StatusCode.ABORTED, f"{rec.domain} changed roles during checkpoint {epoch}"
                     ),
                 )
-                return
+                return False
             resp = call.result()
-            metrics.ISSUE_TO_RESUMED.observe(time.perf_counter() - issued)
+            if wanted.arm:
+                self._armed_started(rec, epoch, wanted, resp)
+                # It started on the primary: its own CHECKPOINT_REQUEST -> SECONDARY_RESUMED.
+                metrics.ISSUE_TO_RESUMED.observe(resp.stats.duration_ns / 1e9)
+            else:
+                metrics.ISSUE_TO_RESUMED.observe(time.perf_counter() - issued)
             self.machine.checkpoint_done(rec, wanted.trigger, resp)
             self._resolve(wanted, resp=resp)
             if resp.verify.outcome == colo_pb2.VERIFY_OUTCOME_MISMATCH:
@@ -275,9 +354,37 @@ class CheckpointDriver:
                     rec, colo_pb2.EVENT_KIND_VERIFY_FAILED, epoch=epoch, verify=resp.verify, message=message
                 )
                 self.on_trouble(rec, generation, message)
+            return True
         finally:
             d.inflight_epoch = 0
             d.idle.set()
+
+    def _issued(self, rec: PairRecord, epoch: int, wanted: Wanted, issued: float) -> None:
+        waited = issued - wanted.since
+        _to_issue(wanted.trigger).observe(waited)
+        if self.samples is not None and wanted.trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST:
+            self.samples.append(waited)
+        self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
+
+    def _armed_started(
+        self, rec: PairRecord, epoch: int, wanted: Wanted, resp: colo_pb2.AgentCheckpointResponse
+    ) -> None:
+        """An armed checkpoint came back: on the record as issued when it started."""
+        if wanted.fired:
+            self._issued(rec, epoch, wanted, wanted.since)  # fired: it started when asked
+            return
+        wanted.trigger = resp.trigger or colo_pb2.CHECKPOINT_TRIGGER_TIMER
+        self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
+        if wanted.trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST:
+            rec.pair.divergences += 1  # the primary's proxy held a reply: it started at once
+            self.machine.emit(
+                rec,
+                colo_pb2.EVENT_KIND_CHECKPOINT_REQUESTED,
+                epoch=epoch,
+                host_id=rec.pair.primary_host,
+                reason=resp.reason,
+                request_seq=resp.request_seq,
+            )
 
     def _failed(
         self,
@@ -296,6 +403,8 @@ class CheckpointDriver:
         )
         if rec.generation != generation or rec.pair.pending_epoch != epoch:
             return  # a role change overtook it
+        if rec.state == PROTECTED:  # armed: it fails as the checkpoint it was to be
+            self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
         self.machine.checkpoint_failed(rec, epoch, wanted.trigger, message)
         if code == grpc.StatusCode.UNAVAILABLE and self.on_unreachable is not None:
             self.on_unreachable(rec.pair.primary_host)  # the primary may be down: confirm now
@@ -334,5 +443,6 @@ class CheckpointDriver:
         d = self.drivers.get(domain)
         if d is not None:
             self._fail_waiters(d, grpc.StatusCode.ABORTED, message)
-            if d.call is not None:
-                d.call.cancel()
+            for call in (d.call, d.fire_call):
+                if call is not None:
+                    call.cancel()

@@ -33,6 +33,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         startup_grace=args.startup_grace,
         checkpoint_interval=args.checkpoint_interval,
         checkpoint_timeout=args.checkpoint_timeout,
+        arm_checkpoints=not args.no_arm_checkpoints,
         failure_domain_keys=keys,
     )
 
@@ -131,6 +132,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.checkpoint_timeout,
         metavar="SECONDS",
         help=f"default checkpoint deadline (default {d.checkpoint_timeout})",
+    )
+    parser.add_argument(
+        "--no-arm-checkpoints",
+        action="store_true",
+        help="issue each checkpoint when the primary asks (RequestCheckpoint) instead of arming the next "
+        "epoch ahead on the primary (docs/protocol.md); slower, for comparison",
     )
     parser.add_argument(
         "--failure-domain-keys",

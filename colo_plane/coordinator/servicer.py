@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 from prometheus_client import Counter
@@ -137,12 +137,16 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
             raise
 
     async def ReportSyncPoints(
-        self, request_iterator: AsyncIterator[colo_pb2.ReportSyncPointRequest], context: Context
+        self, request_iterator: AsyncIterator[colo_pb2.ReportSyncPointsRequest], context: Context
     ) -> colo_pb2.ReportSyncPointsResponse:
         out = colo_pb2.ReportSyncPointsResponse()
 
         async def read() -> None:
-            async for req in request_iterator:
+            async for message in request_iterator:
+                await handle(message.points)
+
+        async def handle(points: Iterable[colo_pb2.ReportSyncPointRequest]) -> None:
+            for req in points:
                 try:
                     await self.core.report_sync_point(req)
                 except RpcError as exc:

@@ -13,6 +13,7 @@ class Settings:
     startup_grace: float = 5.0  # after a restart, agents get this long to come back before they are lost
     checkpoint_interval: float = 5.0  # default max time between checkpoints (as Xen COLO)
     checkpoint_timeout: float = 10.0  # default issue -> SECONDARY_RESUMED deadline
+    arm_checkpoints: bool = True  # hand the primary its next epoch ahead (docs/protocol.md)
     first_boot_timeout: float = 120.0  # a whole-memory copy
     rpc_timeout: float = 5.0  # every other Agent call
     unhealthy_after: int = 3  # consecutive failed checkpoints before the secondary is dropped

@@ -337,6 +337,11 @@ class PairMachine:
         self.error(rec, message)
         self._move(rec, "first_boot_failed", (SYNCING,), UNPROTECTED, message=message, level=logging.WARNING)
 
+    def checkpoint_armed(self, rec: PairRecord, epoch: int) -> None:
+        """Epoch handed to the primary ahead: it starts at a held reply (no state change yet)."""
+        self._require(rec, "checkpoint_issued")
+        rec.pair.pending_epoch = epoch
+
     def checkpoint_issued(self, rec: PairRecord, epoch: int, trigger: int) -> None:
         self._require(rec, "checkpoint_issued")
         rec.pair.pending_epoch = epoch

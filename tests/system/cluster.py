@@ -51,10 +51,10 @@ class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
 
     def ReportSyncPoints(self, request_iterator: Any, context: Any) -> colo_pb2.ReportSyncPointsResponse:  # noqa: N802
         accepted = 0
-        for request in request_iterator:
+        for message in request_iterator:
             with self.lock:
-                self.sync_points.append(request)
-            accepted += 1
+                self.sync_points.extend(message.points)
+            accepted += len(message.points)
         return colo_pb2.ReportSyncPointsResponse(accepted=accepted)
 
     def points(self, domain: str) -> list[colo_pb2.ReportSyncPointRequest]:

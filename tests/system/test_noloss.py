@@ -153,7 +153,8 @@ def test_held_replies_are_released_only_after_their_checkpoint_resumed(cluster: 
     }
     released = [
         (int(s), int(e), int(t))
-        for e, t, seqs in re.findall(r"released held replies after epoch=(\d+) resumed t=(\d+): (.*)", log)
+        for line in re.findall(r"released held replies (.*)", log)
+        for e, t, seqs in re.findall(r"after epoch=(\d+) resumed t=(\d+): ([\d, ]+)", line)
         for s in seqs.split(", ")
     ]
     assert len(released) >= 5, "10 % divergence held and released replies"

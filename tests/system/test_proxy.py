@@ -6,11 +6,13 @@ from __future__ import annotations
 import socket
 import time
 
+import grpc
 import pytest
-from cluster import RecordingCoordinator, StartAgent, checkpoint, protect, sim_spec
+from cluster import AgentProcess, RecordingCoordinator, StartAgent, checkpoint, protect, sim_spec
 
 from colo_plane import addresses
 from colo_plane._proto import colo_pb2
+from colo_plane.rpc import duration
 
 pytestmark = pytest.mark.system
 
@@ -99,3 +101,71 @@ def test_unprotected_primary_replies_at_once(agents: StartAgent) -> None:
         assert client.call("SET k v").startswith(b"OK")
     finally:
         client.close()
+
+
+def _arm(primary: AgentProcess, epoch: int, arm: float) -> grpc.Future:
+    """An armed Agent.Checkpoint (docs/protocol.md) in flight, as the coordinator sends it."""
+    req = colo_pb2.AgentCheckpointRequest(
+        domain="vm1", generation=1, epoch=epoch, trigger=colo_pb2.CHECKPOINT_TRIGGER_TIMER, arm=duration(arm)
+    )
+    future: grpc.Future = primary.stub.Checkpoint.future(req, timeout=arm + 30)
+    return future
+
+
+def test_an_armed_checkpoint_starts_at_the_first_held_reply(
+    agents: StartAgent, recorder: tuple[RecordingCoordinator, str]
+) -> None:
+    """No round trip: the held reply starts the armed epoch in C, and the
+    reply leaves after that epoch's SECONDARY_RESUMED; nobody is asked."""
+    rec, _ = recorder
+    a, b = agents("host-a", "--verify"), agents("host-b", "--verify")
+    boot = protect(a, b, sim_spec("vm1", pages=2048, rate=0, divergence=1.0))
+    armed = _arm(a, epoch=2, arm=60.0)
+    time.sleep(0.3)
+    assert not armed.done()  # nothing held yet: it waits
+    client = Client(boot.service_address)
+    try:
+        t0 = time.monotonic()
+        client.send("SET k v")
+        done = armed.result(timeout=10)
+        assert client.reply(timeout=5).startswith(b"OK t=")  # released by epoch 2
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        client.close()
+    assert done.trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST
+    assert done.reason == colo_pb2.CHECKPOINT_REQUEST_REASON_OUTPUT_MISMATCH
+    assert done.request_seq > boot.stats.last_seq and done.stats.last_seq >= done.request_seq
+    assert done.verify.outcome == colo_pb2.VERIFY_OUTCOME_MATCH
+    assert not rec.checkpoint_requests  # armed: the agent asked nobody
+    assert a.status("vm1").epoch == 2
+
+
+def test_an_armed_checkpoint_runs_at_its_time_or_when_fired(agents: StartAgent) -> None:
+    a, b = agents("host-a", "--verify"), agents("host-b", "--verify")
+    protect(a, b, sim_spec("vm1", pages=1024, rate=500, divergence=0.0))
+    t0 = time.monotonic()
+    timer = _arm(a, epoch=2, arm=0.3).result(timeout=10)
+    assert timer.trigger == colo_pb2.CHECKPOINT_TRIGGER_TIMER and time.monotonic() - t0 >= 0.3
+    # A second call for the armed epoch starts it now; both get the same answer.
+    armed = _arm(a, epoch=3, arm=60.0)
+    time.sleep(0.2)
+    fired = checkpoint(a, "vm1", 1, 3)
+    first = armed.result(timeout=10)
+    assert fired.trigger == first.trigger == colo_pb2.CHECKPOINT_TRIGGER_MANUAL
+    assert fired.epoch == first.epoch == 3 and fired.stats == first.stats
+    assert first.verify.outcome == colo_pb2.VERIFY_OUTCOME_MATCH
+
+
+def test_unprotecting_ends_an_armed_checkpoint_that_never_started(agents: StartAgent) -> None:
+    a, b = agents("host-a"), agents("host-b")
+    protect(a, b, sim_spec("vm1", pages=1024, rate=0, divergence=0.0, verify=False))
+    armed = _arm(a, epoch=2, arm=60.0)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    a.stub.SetUnprotected(colo_pb2.SetUnprotectedRequest(domain="vm1", generation=2), timeout=5)
+    with pytest.raises(grpc.RpcError) as err:
+        armed.result(timeout=10)
+    assert time.monotonic() - t0 < 2.0  # not the arm's 60 s
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    assert "never started" in (err.value.details() or "")
+    assert a.status("vm1").epoch == 1  # nothing ran

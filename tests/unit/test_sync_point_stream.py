@@ -1,5 +1,5 @@
 """ReportSyncPoints against the coordinator's real gRPC server (in this
-process, real SQLite): each message is handled as one ReportSyncPoint call, a
+process, real SQLite): each report of a message is handled as one ReportSyncPoint call, a
 refused one is counted and logged and does not end the stream, the answer
 counts both, and a coordinator that stops ends open streams at once with
 what it handled."""
@@ -48,6 +48,10 @@ def _point(
     )
 
 
+def _batch(*points: colo_pb2.ReportSyncPointRequest) -> colo_pb2.ReportSyncPointsRequest:
+    return colo_pb2.ReportSyncPointsRequest(points=points)
+
+
 async def _coordinator(tmp: Path) -> Running:
     """A coordinator with one pair, vm1, at generation 3 (protected, dropped, protected again)."""
     running = await coordinator_server.start(str(tmp / "c.db"), "127.0.0.1:0", Settings())
@@ -92,13 +96,16 @@ def test_a_refused_message_is_counted_and_the_stream_goes_on(
         )
         try:
             call = stub.ReportSyncPoints(timeout=10)
-            await call.write(_point(ns=101))
-            await call.write(_point(generation=2, ns=102))  # stale: the reporter was fenced
-            await call.write(_point(ns=103, control_id=RESUMED))
-            await call.write(_point(domain="nope", ns=104))  # no such pair
-            await call.write(_point(generation=0, ns=105))  # 0 is "not set"
-            await call.write(_point(control_id=7, ns=106))  # not a sync point
-            await call.write(_point(ns=107, epoch=10))
+            await call.write(_batch(_point(ns=101)))
+            await call.write(
+                _batch(_point(generation=2, ns=102), _point(ns=103, control_id=RESUMED))
+            )  # stale, ok
+            await call.write(_batch(_point(domain="nope", ns=104)))  # no such pair
+            await call.write(_batch(_point(generation=0, ns=105)))  # 0 is "not set"
+            await call.write(
+                _batch(_point(control_id=7, ns=106), _point(ns=107, epoch=10))
+            )  # not a sync point
+            await call.write(_batch())  # an empty message is no report at all
             await call.done_writing()
             resp = await call
             assert (resp.accepted, resp.refused) == (3, 4)
@@ -166,8 +173,7 @@ def test_stopping_coordinator_ends_open_streams_with_what_it_handled(tmp_path: P
         stub = colo_pb2_grpc.CoordinatorStub(channel)
         try:
             call = stub.ReportSyncPoints(timeout=30)
-            await call.write(_point(ns=301))
-            await call.write(_point(ns=302, control_id=RESUMED))
+            await call.write(_batch(_point(ns=301), _point(ns=302, control_id=RESUMED)))
             for _ in range(100):
                 if len(running.core.bus.recent(domain="vm1", kinds=[SYNC_POINT], limit=10)) == 2:
                     break

@@ -24,8 +24,9 @@ from colo_plane.native import ControlId
 
 class StandIn(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[misc]
     """Records every point it handles.  With stop_after = n, the first stream
-    ends after reading n + 1 points and handling n, as a coordinator that
-    stops reading when it shuts down (the last point was sent, never handled)."""
+    ends after handling n points (the rest of their message, and what comes
+    after, was sent but never handled), as a coordinator that stops reading
+    when it shuts down."""
 
     def __init__(self, stop_after: int = 0) -> None:
         self.points: list[colo_pb2.ReportSyncPointRequest] = []
@@ -39,16 +40,17 @@ class StandIn(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[misc]
         return colo_pb2.ReportSyncPointResponse(generation=request.generation)
 
     async def ReportSyncPoints(  # noqa: N802
-        self, request_iterator: AsyncIterator[colo_pb2.ReportSyncPointRequest], context: Any
+        self, request_iterator: AsyncIterator[colo_pb2.ReportSyncPointsRequest], context: Any
     ) -> colo_pb2.ReportSyncPointsResponse:
         self.streams += 1
         stop_after, self.stop_after = self.stop_after, 0
         accepted = 0
-        async for req in request_iterator:
-            if stop_after and accepted == stop_after:
-                return colo_pb2.ReportSyncPointsResponse(accepted=accepted)
-            self.points.append(req)
-            accepted += 1
+        async for message in request_iterator:
+            for req in message.points:
+                if stop_after and accepted == stop_after:
+                    return colo_pb2.ReportSyncPointsResponse(accepted=accepted)
+                self.points.append(req)
+                accepted += 1
         self.half_closed += 1
         return colo_pb2.ReportSyncPointsResponse(accepted=accepted)
 
