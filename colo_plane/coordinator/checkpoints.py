@@ -70,6 +70,7 @@ class Wanted:
     final: bool = False
     arm: float = 0.0  # armed: the primary starts it at a held reply or after this many seconds
     fired: bool = False  # armed, and the coordinator asked for it now (trigger says why)
+    fire: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None  # that second call
 
 
 @dataclass
@@ -199,7 +200,9 @@ class CheckpointDriver:
         fire.CopyFrom(req)
         fire.ClearField("arm")
         fire.trigger = trigger
-        d.fire_call = asyncio.ensure_future(client.checkpoint(fire, timeout=self.timeout(d.rec) + 1.0))
+        d.fire_call = armed.fire = asyncio.ensure_future(
+            client.checkpoint(fire, timeout=self.timeout(d.rec) + 1.0)
+        )
         d.fire_call.add_done_callback(functools.partial(self._fired, d.rec.domain, req.epoch))
 
     @staticmethod
@@ -316,7 +319,7 @@ class CheckpointDriver:
             d.call = asyncio.ensure_future(client.checkpoint(req, timeout=wanted.arm + timeout + 1.0))
             try:
                 await asyncio.wait({d.call})
-                call = d.call
+                call = await self._answered(d.call, wanted)
             finally:
                 d.call = None
                 d.armed = d.armed_req = None
@@ -359,6 +362,18 @@ class CheckpointDriver:
             d.inflight_epoch = 0
             d.idle.set()
 
+    @staticmethod
+    async def _answered(call: Result, wanted: Wanted) -> Result:
+        """The call that answers for the checkpoint.  A fired armed epoch: if the
+        second call overtook the armed one on the wire, the agent ran the
+        epoch for it and refused the armed call as not above its last epoch;
+        the second call's answer is the checkpoint's then."""
+        fire = wanted.fire
+        if fire is None or call.cancelled() or call.exception() is None:
+            return call
+        await asyncio.wait({fire})
+        return fire if not fire.cancelled() and fire.exception() is None else call
+
     def _issued(self, rec: PairRecord, epoch: int, wanted: Wanted, issued: float) -> None:
         waited = issued - wanted.since
         _to_issue(wanted.trigger).observe(waited)
@@ -374,7 +389,6 @@ class CheckpointDriver:
             self._issued(rec, epoch, wanted, wanted.since)  # fired: it started when asked
             return
         wanted.trigger = resp.trigger or colo_pb2.CHECKPOINT_TRIGGER_TIMER
-        self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
         if wanted.trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST:
             rec.pair.divergences += 1  # the primary's proxy held a reply: it started at once
             self.machine.emit(
@@ -385,6 +399,7 @@ class CheckpointDriver:
                 reason=resp.reason,
                 request_seq=resp.request_seq,
             )
+        self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
 
     def _failed(
         self,

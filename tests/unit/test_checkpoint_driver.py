@@ -1,7 +1,9 @@
 """The checkpoint driver against a stand-in for the primary's agent whose
 Checkpoint call blocks until the test lets it answer: never two checkpoints
 at once, requests during one coalesce into the next, epochs only rise, a
-lost data connection stops checkpoints and reports the trouble."""
+lost data connection stops checkpoints and reports the trouble; armed
+epochs (docs/protocol.md) are fired by a second call, and recorded by what
+started them."""
 
 from __future__ import annotations
 
@@ -55,23 +57,25 @@ class GatedPrimary:
         return colo_pb2.AgentCheckpointResponse(domain=req.domain, generation=req.generation, epoch=req.epoch)
 
 
-async def _setup(tmp: Path) -> tuple[PairMachine, CheckpointDriver, PairRecord, GatedPrimary, list[str]]:
+async def _setup(
+    tmp: Path, primary: object | None = None, *, armed: bool = False
+) -> tuple[PairMachine, CheckpointDriver, PairRecord, GatedPrimary, list[str]]:
     machine = PairMachine(SqliteStore(tmp / "c.db"), EventBus())
     registry = AgentRegistry()
-    primary = GatedPrimary()
-    registry.client = lambda host: primary  # type: ignore[assignment,method-assign,return-value]
+    stand_in = primary or GatedPrimary()
+    registry.client = lambda host: stand_in  # type: ignore[assignment,method-assign,return-value]
     trouble: list[str] = []
     driver = CheckpointDriver(
         machine,
         registry,
-        Settings(checkpoint_interval=3600.0),
+        Settings(checkpoint_interval=3600.0, arm_checkpoints=armed),
         lambda rec, generation, why: trouble.append(why),
     )
     rec = machine.create(colo_pb2.DomainSpec(domain="vm1", sim=colo_pb2.SimDomainSpec(pages=64)), "a")
     machine.start_syncing(rec, "b", b"s" * 32, why="test")
     machine.first_boot_done(rec, colo_pb2.StartPrimaryResponse(epoch=1))
     driver.start(rec)
-    return machine, driver, rec, primary, trouble
+    return machine, driver, rec, stand_in, trouble  # type: ignore[return-value]
 
 
 async def _settle() -> None:
@@ -127,3 +131,93 @@ def test_never_two_at_once_and_requests_coalesce(tmp_path: Path) -> None:
 
 def test_a_lost_data_connection_stops_checkpoints_and_reports(tmp_path: Path) -> None:
     asyncio.run(_link_lost(tmp_path))
+
+
+class ArmedPrimary:
+    """An agent with armed checkpoints: an armed call waits until it is
+    fired (a second call for its epoch) or the test starts it with a
+    trigger; overtaken=True plays the race where the second call reaches the
+    agent first and runs the epoch, and the armed call is refused."""
+
+    def __init__(self, *, overtaken: bool = False) -> None:
+        self.calls: list[colo_pb2.AgentCheckpointRequest] = []
+        self.start: asyncio.Future[colo_pb2.CheckpointTrigger] | None = None
+        self.overtaken = overtaken
+
+    def _answer(self, req: colo_pb2.AgentCheckpointRequest, trigger: int) -> colo_pb2.AgentCheckpointResponse:
+        return colo_pb2.AgentCheckpointResponse(
+            domain=req.domain,
+            generation=req.generation,
+            epoch=req.epoch,
+            trigger=trigger,  # type: ignore[arg-type]
+            request_seq=41 if trigger == REQUEST else 0,
+            stats=colo_pb2.CheckpointStats(duration_ns=300_000),
+        )
+
+    async def checkpoint(
+        self, req: colo_pb2.AgentCheckpointRequest, *, timeout: float
+    ) -> colo_pb2.AgentCheckpointResponse:
+        self.calls.append(req)
+        if req.HasField("arm"):
+            self.start = asyncio.get_running_loop().create_future()
+            trigger = await self.start
+            if self.overtaken:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.aio.Metadata(),
+                    grpc.aio.Metadata(),
+                    details=f"epoch {req.epoch} is not above the last epoch {req.epoch}",
+                )
+            return self._answer(req, trigger)
+        assert self.start is not None
+        if not self.start.done():
+            self.start.set_result(MANUAL)
+        return self._answer(req, req.trigger)
+
+
+async def _armed_by_divergence(tmp: Path) -> None:
+    machine, driver, rec, _, trouble = await _setup(tmp, ArmedPrimary(), armed=True)
+    primary: ArmedPrimary = driver.registry.client("a")  # type: ignore[assignment]
+    await _settle()
+    (armed,) = primary.calls
+    assert armed.epoch == 2 and 3590 < armed.arm.seconds <= 3600
+    assert rec.state == PROTECTED and rec.pair.pending_epoch == 2  # armed, not in flight
+    assert primary.start is not None
+    primary.start.set_result(REQUEST)  # the proxy held a reply
+    await _settle()
+    assert rec.pair.epoch == 2 and rec.pair.checkpoint_counts.request == 1 and rec.pair.divergences == 1
+    kinds = [(e.kind, e.epoch) for e in machine.bus.recent(domain="vm1", limit=20)]
+    assert [k for k in kinds if k[1] == 2 and k[0] != colo_pb2.EVENT_KIND_STATE_CHANGED] == [
+        (colo_pb2.EVENT_KIND_CHECKPOINT_REQUESTED, 2),
+        (colo_pb2.EVENT_KIND_CHECKPOINT_ISSUED, 2),
+        (colo_pb2.EVENT_KIND_CHECKPOINT_COMPLETED, 2),
+    ]
+    assert [c.epoch for c in primary.calls] == [2, 3]  # and the next epoch is armed at once
+    assert not trouble
+    await driver.close()
+
+
+async def _armed_fired(tmp: Path, overtaken: bool) -> None:
+    _, driver, rec, _, trouble = await _setup(tmp, ArmedPrimary(overtaken=overtaken), armed=True)
+    primary: ArmedPrimary = driver.registry.client("a")  # type: ignore[assignment]
+    await _settle()
+    epoch, coalesced, waiter = driver.want("vm1", MANUAL, wait=True)
+    assert (epoch, coalesced) == (2, False)
+    assert waiter is not None
+    done = await asyncio.wait_for(waiter, 1)
+    fire = primary.calls[1]
+    assert fire.epoch == 2 and not fire.HasField("arm") and fire.trigger == MANUAL
+    assert done.epoch == 2 and rec.pair.epoch == 2 and rec.pair.checkpoint_counts.manual == 1
+    assert rec.pair.checkpoint_counts.failed == 0 and not rec.link_broken and not trouble
+    await _settle()
+    assert primary.calls[2].epoch == 3 and primary.calls[2].HasField("arm")
+    await driver.close()
+
+
+def test_an_armed_epoch_started_by_a_held_reply_is_recorded_as_requested(tmp_path: Path) -> None:
+    asyncio.run(_armed_by_divergence(tmp_path))
+
+
+@pytest.mark.parametrize("overtaken", [False, True], ids=["in-order", "second-call-first"])
+def test_a_wanted_checkpoint_fires_the_armed_epoch(tmp_path: Path, overtaken: bool) -> None:
+    asyncio.run(_armed_fired(tmp_path, overtaken))
