@@ -62,14 +62,18 @@ def launch(workdir: Path, name: str, args: list[str]) -> Process:
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"{name} did not start; its log ({log}):\n{log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    return Process(name, proc, json.loads(ready.read_text()), log)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start; its log ({log}):\n{log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        return Process(name, proc, json.loads(ready.read_text()), log)
+    except BaseException:
+        # Not the caller's yet: a SIGTERM (or anything) while it starts must not orphan it.
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def coordinator_args(db: Path, *extra: str, listen: str = "127.0.0.1:0") -> list[str]:
