@@ -7,7 +7,6 @@
  * proxy stops reading clients until the oldest is answered). */
 #include <errno.h>
 #include <fcntl.h>
-#include <time.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sched.h>
@@ -19,6 +18,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"

@@ -313,9 +313,7 @@ class AgentCore:
             epoch=replica.epoch,
             host_id=self.config.host_id,
             request_seq=seq,
-            reason=colo_pb2.CHECKPOINT_REQUEST_REASON_OUTPUT_MISMATCH
-            if reason == "mismatch"
-            else colo_pb2.CHECKPOINT_REQUEST_REASON_REPLY_TIMEOUT,
+            reason=PROXY_REASONS[reason],
         )
         try:
             await self.coordinator.RequestCheckpoint(req, timeout=RPC_TIMEOUT)
@@ -451,7 +449,7 @@ class AgentCore:
         replica.checkpoints += 1
         replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
         if replica.proxy is not None:
-            replica.proxy.checkpoint_done(outcome.epoch, outcome.stats.last_seq)
+            replica.proxy.covered(outcome.stats.last_seq)  # released in C at SECONDARY_RESUMED
         return outcome
 
     async def _armed(

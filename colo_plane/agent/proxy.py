@@ -72,7 +72,6 @@ class PrimaryProxy:
         self._arms = 0  # armed checkpoints waiting now
         self._armed_ever = False
         self._unarmed_since = 0.0  # loop time the last armed checkpoint ended
-        self._reading = False  # the event fd is watched
 
     async def start(self, host: str, port: int) -> str:
         listener = listen(host, port)
@@ -84,8 +83,7 @@ class PrimaryProxy:
             raise
         self._covered = self._native.stats().covered
         loop = asyncio.get_running_loop()
-        loop.add_reader(self._native.event_fd, self._on_events)
-        self._reading = True
+        loop.add_reader(self._native.event_fd, self._drain)
         self._ticker = loop.call_later(TICK, self._tick)
         return address
 
@@ -116,29 +114,28 @@ class PrimaryProxy:
 
     def arming(self, waiting: bool) -> None:
         """An armed checkpoint starts waiting (True) or ended (False)."""
+        if not self._armed_ever and self._native is not None:
+            # Armed checkpoints serve held replies in C: Python needs the events
+            # only for the log, and the tick drains them (not two wake-ups a checkpoint).
+            asyncio.get_running_loop().remove_reader(self._native.event_fd)
         self._armed_ever = True
         self._arms += 1 if waiting else -1
         if not waiting:
             self._unarmed_since = asyncio.get_running_loop().time()
 
     def checkpoint_done(self, epoch: int, last_seq: int) -> None:
-        """SECONDARY_RESUMED of checkpoint epoch, whose state includes every request <= last_seq."""
-        self._covered = max(self._covered, last_seq)
+        """SECONDARY_RESUMED of checkpoint epoch (the first boot's), whose state
+        includes every request <= last_seq: release them."""
+        self.covered(last_seq)
         if self._native is not None:
             self._native.checkpoint_done(epoch, last_seq)
 
-    # -- what the C side tells ------------------------------------------------------
+    def covered(self, last_seq: int) -> None:
+        """A checkpoint that released its replies in C (colo_primary_checkpoint
+        with the proxy) covers every request <= last_seq: nothing left to ask for."""
+        self._covered = max(self._covered, last_seq)
 
-    def _on_events(self) -> None:
-        if self._native is None:
-            return
-        if self._armed_ever:
-            # Armed checkpoints serve held replies in C: what is left here (the
-            # log) waits for the tick instead of waking the loop twice a checkpoint.
-            asyncio.get_running_loop().remove_reader(self._native.event_fd)
-            self._reading = False
-            return
-        self._drain()
+    # -- what the C side tells ------------------------------------------------------
 
     def _drain(self) -> None:
         if self._native is None:
@@ -201,9 +198,6 @@ class PrimaryProxy:
         self._refresh_metrics()
         loop = asyncio.get_running_loop()
         self._drain()
-        if not self._reading and self._native is not None:
-            loop.add_reader(self._native.event_fd, self._on_events)
-            self._reading = True
         if self._asked > self._covered and loop.time() - self._asked_at > 2 * TICK:
             self._asked = self._covered
         self._kick(tick=True)

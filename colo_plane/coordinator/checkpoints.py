@@ -70,7 +70,8 @@ class Wanted:
     final: bool = False
     arm: float = 0.0  # armed: the primary starts it at a held reply or after this many seconds
     fired: bool = False  # armed, and the coordinator asked for it now (trigger says why)
-    fire: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None  # that second call
+    req: colo_pb2.AgentCheckpointRequest | None = None  # armed: the call that armed it
+    fire: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None  # the second call
 
 
 @dataclass
@@ -85,8 +86,6 @@ class PairDriver:
     next_timer: float = 0.0  # loop.time() when the interval passes
     call: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None  # Agent.Checkpoint in flight
     armed: Wanted | None = None  # the armed checkpoint in flight
-    armed_req: colo_pb2.AgentCheckpointRequest | None = None
-    fire_call: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None
 
 
 # Called when a checkpoint shows the secondary cannot be trusted any more.
@@ -123,9 +122,8 @@ class CheckpointDriver:
     async def stop(self, domain: str) -> None:
         d = self.drivers.pop(domain, None)
         if d is not None and d.task is not None:
-            for call in (d.call, d.fire_call):
-                if call is not None:
-                    call.cancel()
+            for call in self._calls(d):
+                call.cancel()
             d.task.cancel()
             await asyncio.gather(d.task, return_exceptions=True)
             self._fail_waiters(d, grpc.StatusCode.FAILED_PRECONDITION, f"{domain} is no longer protected")
@@ -133,6 +131,12 @@ class CheckpointDriver:
     async def close(self) -> None:
         for domain in list(self.drivers):
             await self.stop(domain)
+
+    @staticmethod
+    def _calls(d: PairDriver) -> list[asyncio.Future[colo_pb2.AgentCheckpointResponse]]:
+        """The Agent.Checkpoint calls in flight: the checkpoint's, and a firing one."""
+        calls = [d.call, d.armed.fire if d.armed is not None else None]
+        return [c for c in calls if c is not None]
 
     def poke(self, domain: str) -> None:
         """The pair's state changed: let its driver look again."""
@@ -188,7 +192,8 @@ class CheckpointDriver:
     def _fire(self, d: PairDriver, trigger: colo_pb2.CheckpointTrigger) -> None:
         """A second Agent.Checkpoint for the armed epoch: it starts now (its answer
         is the armed call's; this call's own is only logged)."""
-        armed, req = d.armed, d.armed_req
+        armed = d.armed
+        req = armed.req if armed is not None else None
         if armed is None or req is None or armed.fired:
             return
         armed.fired, armed.trigger, armed.since = True, trigger, time.perf_counter()
@@ -200,10 +205,8 @@ class CheckpointDriver:
         fire.CopyFrom(req)
         fire.ClearField("arm")
         fire.trigger = trigger
-        d.fire_call = armed.fire = asyncio.ensure_future(
-            client.checkpoint(fire, timeout=self.timeout(d.rec) + 1.0)
-        )
-        d.fire_call.add_done_callback(functools.partial(self._fired, d.rec.domain, req.epoch))
+        armed.fire = asyncio.ensure_future(client.checkpoint(fire, timeout=self.timeout(d.rec) + 1.0))
+        armed.fire.add_done_callback(functools.partial(self._fired, d.rec.domain, req.epoch))
 
     @staticmethod
     def _fired(domain: str, epoch: int, call: asyncio.Future[colo_pb2.AgentCheckpointResponse]) -> None:
@@ -295,7 +298,7 @@ class CheckpointDriver:
         if wanted.arm:
             req.arm.CopyFrom(duration(wanted.arm))
             self.machine.checkpoint_armed(rec, epoch)
-            d.armed, d.armed_req = wanted, req
+            d.armed, wanted.req = wanted, req
         else:
             self._issued(rec, epoch, wanted, issued)
         d.inflight_epoch = epoch
@@ -322,7 +325,7 @@ class CheckpointDriver:
                 call = await self._answered(d.call, wanted)
             finally:
                 d.call = None
-                d.armed = d.armed_req = None
+                d.armed = None
             if not call.cancelled() and isinstance(call.exception(), grpc.aio.AioRpcError):
                 exc = call.exception()
                 assert isinstance(exc, grpc.aio.AioRpcError)
@@ -458,6 +461,5 @@ class CheckpointDriver:
         d = self.drivers.get(domain)
         if d is not None:
             self._fail_waiters(d, grpc.StatusCode.ABORTED, message)
-            for call in (d.call, d.fire_call):
-                if call is not None:
-                    call.cancel()
+            for call in self._calls(d):
+                call.cancel()

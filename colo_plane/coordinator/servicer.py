@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from prometheus_client import Counter
@@ -143,28 +143,25 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
 
         async def read() -> None:
             async for message in request_iterator:
-                await handle(message.points)
-
-        async def handle(points: Iterable[colo_pb2.ReportSyncPointRequest]) -> None:
-            for req in points:
-                try:
-                    await self.core.report_sync_point(req)
-                except RpcError as exc:
-                    # One refused report must not end the stream: the ones after it are good.
-                    out.refused += 1
-                    _refused(exc.code).inc()
-                    log.warning(
-                        "refused sync point %s of %r (generation %d, epoch %d) from %s: %s: %s",
-                        _control_name(req.control_id),
-                        req.domain,
-                        req.generation,
-                        req.epoch,
-                        req.host_id or context.peer(),
-                        exc.code.name,
-                        exc.message,
-                    )
-                else:
-                    out.accepted += 1
+                for req in message.points:
+                    try:
+                        await self.core.report_sync_point(req)
+                    except RpcError as exc:
+                        # One refused report must not end the stream: the ones after it are good.
+                        out.refused += 1
+                        _refused(exc.code).inc()
+                        log.warning(
+                            "refused sync point %s of %r (generation %d, epoch %d) from %s: %s: %s",
+                            _control_name(req.control_id),
+                            req.domain,
+                            req.generation,
+                            req.epoch,
+                            req.host_id or context.peer(),
+                            exc.code.name,
+                            exc.message,
+                        )
+                    else:
+                        out.accepted += 1
 
         # Read beside a wait for shutdown: a stream ends at the agent's half-close,
         # or early when the coordinator stops (the answer says how far it got).

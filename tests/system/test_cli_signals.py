@@ -8,21 +8,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def children(pid: int) -> set[int]:
-    """Direct children of pid, from /proc."""
-    out = set()
+def processes(read: str) -> Iterator[tuple[int, bytes]]:
+    """(pid, its /proc/PID/READ file) of every process that still has one."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
+                yield int(entry.name), (entry / read).read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.add(int(entry.name))
-    return out
+
+
+def children(pid: int) -> set[int]:
+    """Direct children of pid."""
+    return {p for p, stat in processes("stat") if int(stat.rsplit(b")", 1)[1].split()[1]) == pid}
 
 
 def alive(pid: int) -> bool:
@@ -35,16 +37,7 @@ def alive(pid: int) -> bool:
 
 def bench_processes() -> set[int]:
     """Every process a bench's local cluster runs (its files live in /tmp/colo-bench-*)."""
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"/colo-bench-" in cmdline and alive(int(entry.name)):
-                out.add(int(entry.name))
-    return out
+    return {p for p, cmdline in processes("cmdline") if b"/colo-bench-" in cmdline and alive(p)}
 
 
 def test_sigterm_to_a_bench_stops_its_cluster() -> None:
