@@ -403,6 +403,16 @@ class Domain:
     def paused(self) -> bool:
         return bool(lib.colo_domain_is_paused(self._p()))
 
+    def present(self) -> bool:
+        """False once the domain is gone (destroyed, crashed): it holds no copy of the guest."""
+        out = ffi.new("int *")
+        _check(lib.colo_domain_present(self._p(), out))
+        return bool(out[0])
+
+    def sim_destroy(self) -> None:
+        """Sim only: destroy the guest, as ``xl destroy`` does (tests lose a guest with it)."""
+        _check(lib.colo_sim_destroy(self._p()))
+
     @property
     def sim_writes(self) -> int:
         """Page writes the sim vCPU has made (0 on other backends)."""

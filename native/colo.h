@@ -155,6 +155,9 @@ uint64_t colo_domain_pages(const colo_domain *dom);
 int colo_domain_pause(colo_domain *dom);
 int colo_domain_unpause(colo_domain *dom);
 int colo_domain_is_paused(const colo_domain *dom);
+/* *present = 1 while the domain exists, 0 once it is gone (destroyed by an
+ * administrator, crashed): a gone domain holds no copy of the guest. */
+int colo_domain_present(colo_domain *dom, int *present);
 /* Start dirty logging (idempotent). */
 int colo_domain_logdirty_enable(colo_domain *dom);
 int colo_domain_logdirty_disable(colo_domain *dom);
@@ -178,6 +181,12 @@ int colo_domain_hash(colo_domain *dom, uint64_t *memory_hash,
 /* Sim: the guest writes every page of pages once, now (benches force a
  * dirty set of an exact size with it).  Other backends: COLO_E_UNSUPPORTED. */
 int colo_sim_dirty(colo_domain *dom, const colo_bitmap *pages);
+
+/* Sim: the guest is destroyed, as `xl destroy` does to a Xen domain: it
+ * never runs or serves again and every backend call on it fails
+ * (COLO_E_NOT_FOUND); only close works.  Tests use it to lose a guest
+ * while its host lives.  Other backends: COLO_E_UNSUPPORTED. */
+int colo_sim_destroy(colo_domain *dom);
 
 /* Counters of the sim vCPU (0 on other backends). */
 uint64_t colo_sim_writes(const colo_domain *dom);

@@ -65,6 +65,14 @@ uint64_t colo_domain_pages(const colo_domain *dom) { return dom->pages; }
 uint32_t colo_domain_type(const colo_domain *dom) { return dom->type; }
 int colo_domain_is_paused(const colo_domain *dom) { return dom->paused; }
 
+int colo_domain_present(colo_domain *dom, int *present)
+{
+    if (present == NULL)
+        return colo_fail(COLO_E_INVAL, "colo_domain_present: NULL argument");
+    *present = 1;
+    return dom->ops->present ? dom->ops->present(dom, present) : COLO_OK;
+}
+
 int colo_domain_pause(colo_domain *dom)
 {
     int rc = dom->ops->pause(dom);

@@ -67,6 +67,9 @@ struct colo_backend_ops {
     /* Optional: make the staged pages guest memory without copying (sim
      * swaps page pointers).  NULL: domain.c copies through map(). */
     int (*commit_pages)(colo_domain *dom);
+    /* Optional: does the domain still exist?  *present = 0 once it was
+     * destroyed or crashed under us.  NULL: always there. */
+    int (*present)(colo_domain *dom, int *present);
 };
 
 /* Pages and context received for a checkpoint, not yet guest memory. */

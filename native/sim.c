@@ -30,6 +30,7 @@ struct sim {
     pthread_mutex_t mu;          /* guards everything below against the vCPU */
     pthread_cond_t wake;
     int running;                 /* not paused */
+    int gone;                    /* destroyed (colo_sim_destroy): never runs again */
     int stop;
     int logdirty;
     uint8_t **page;              /* the page table */
@@ -43,6 +44,9 @@ struct sim {
 };
 
 static struct sim *sim_of(colo_domain *dom) { return dom->priv; }
+
+/* What every backend call on a destroyed domain answers. */
+static int gone_error(void) { return colo_fail(COLO_E_NOT_FOUND, "the sim domain was destroyed"); }
 
 static uint64_t next_random(uint64_t *s)
 {
@@ -152,10 +156,12 @@ static int sim_pause(colo_domain *dom)
 {
     struct sim *s = sim_of(dom);
     /* Once we hold mu the vCPU is between ticks; it checks running first. */
+    int gone;
     pthread_mutex_lock(&s->mu);
     s->running = 0;
+    gone = s->gone;
     pthread_mutex_unlock(&s->mu);
-    return COLO_OK;
+    return gone ? gone_error() : COLO_OK;
 }
 
 static int sim_unpause(colo_domain *dom)
@@ -163,6 +169,10 @@ static int sim_unpause(colo_domain *dom)
     struct sim *s = sim_of(dom);
     uint64_t one = 1;
     pthread_mutex_lock(&s->mu);
+    if (s->gone) {
+        pthread_mutex_unlock(&s->mu);
+        return gone_error();
+    }
     s->running = 1;
     s->owed = 0;
     clock_gettime(CLOCK_MONOTONIC, &s->last);
@@ -193,7 +203,9 @@ static int sim_dirty_read_clear(colo_domain *dom, colo_bitmap *out)
     struct sim *s = sim_of(dom);
     int rc = COLO_OK;
     pthread_mutex_lock(&s->mu);
-    if (!s->logdirty) {
+    if (s->gone) {
+        rc = gone_error();
+    } else if (!s->logdirty) {
         rc = colo_fail(COLO_E_INVAL, "dirty log read before log-dirty was enabled");
     } else {
         memcpy(out->words, s->dirty->words, out->nwords * sizeof(uint64_t));
@@ -209,11 +221,13 @@ static int sim_context_get(colo_domain *dom, uint8_t *buf, uint64_t cap, uint64_
     if (cap < sizeof(s->ctx))
         return colo_fail(COLO_E_INVAL, "context buffer of %llu bytes, need %zu",
                          (unsigned long long)cap, sizeof(s->ctx));
+    int gone;
     pthread_mutex_lock(&s->mu);
     memcpy(buf, &s->ctx, sizeof(s->ctx));
+    gone = s->gone;
     pthread_mutex_unlock(&s->mu);
     *len = sizeof(s->ctx);
-    return COLO_OK;
+    return gone ? gone_error() : COLO_OK;
 }
 
 static int sim_context_check(colo_domain *dom, const uint8_t *buf, uint64_t len)
@@ -233,9 +247,11 @@ static int sim_context_set(colo_domain *dom, const uint8_t *buf, uint64_t len)
     if (rc)
         return rc;
     pthread_mutex_lock(&s->mu);
-    memcpy(&s->ctx, buf, sizeof(s->ctx));
+    if (!s->gone)
+        memcpy(&s->ctx, buf, sizeof(s->ctx));
+    rc = s->gone;
     pthread_mutex_unlock(&s->mu);
-    return COLO_OK;
+    return rc ? gone_error() : COLO_OK;
 }
 
 static int sim_map(colo_domain *dom, const uint64_t *pfns, uint64_t n, int writable,
@@ -243,6 +259,8 @@ static int sim_map(colo_domain *dom, const uint64_t *pfns, uint64_t n, int writa
 {
     struct sim *s = sim_of(dom);
     COLO_UNUSED(writable);
+    if (__atomic_load_n(&s->gone, __ATOMIC_ACQUIRE))  /* maps run without mu */
+        return gone_error();
     for (uint64_t i = 0; i < n; i++)
         m->ptrs[i] = s->page[pfns[i]];
     m->n = n;
@@ -272,6 +290,15 @@ static int sim_commit_pages(colo_domain *dom)
     return COLO_OK;
 }
 
+static int sim_present(colo_domain *dom, int *present)
+{
+    struct sim *s = sim_of(dom);
+    pthread_mutex_lock(&s->mu);
+    *present = !s->gone;
+    pthread_mutex_unlock(&s->mu);
+    return COLO_OK;
+}
+
 static const struct colo_backend_ops sim_ops = {
     .name = "sim",
     .type = COLO_DOMTYPE_SIM,
@@ -287,6 +314,7 @@ static const struct colo_backend_ops sim_ops = {
     .map = sim_map,
     .unmap = sim_unmap,
     .commit_pages = sim_commit_pages,
+    .present = sim_present,
 };
 
 static int is_sim(const colo_domain *dom) { return dom->ops == &sim_ops; }
@@ -409,6 +437,19 @@ int colo_sim_dirty(colo_domain *dom, const colo_bitmap *pages)
     return COLO_OK;
 }
 
+int colo_sim_destroy(colo_domain *dom)
+{
+    struct sim *s;
+    if (!is_sim(dom))
+        return colo_fail(COLO_E_UNSUPPORTED, "only a sim domain can be destroyed here (xl destroy a Xen one)");
+    s = dom->priv;
+    pthread_mutex_lock(&s->mu);
+    __atomic_store_n(&s->gone, 1, __ATOMIC_RELEASE);
+    s->running = 0;
+    pthread_mutex_unlock(&s->mu);
+    return COLO_OK;
+}
+
 uint64_t colo_sim_writes(const colo_domain *dom)
 {
     const struct sim *s;
@@ -428,8 +469,9 @@ int colo_sim_enter(colo_domain *dom, int need_running)
     s = dom->priv;
     pthread_mutex_lock(&s->mu);
     if (need_running && !s->running) {
+        /* A destroyed guest answers nothing, as a paused one that never resumes. */
         pthread_mutex_unlock(&s->mu);
-        return colo_fail(COLO_E_PAUSED, "the guest is paused");
+        return colo_fail(COLO_E_PAUSED, s->gone ? "the guest was destroyed" : "the guest is paused");
     }
     return COLO_OK;
 }

@@ -754,6 +754,19 @@ static int xen_commit_pages(colo_domain *dom)
     return COLO_OK;
 }
 
+/* Gone once Xen no longer lists the domid, or lists it dying or shut down
+ * (xl destroy, a guest crash without on_crash=preserve). */
+static int xen_present(colo_domain *dom, int *present)
+{
+    struct xen_dom *x = dom->priv;
+    xc_domaininfo_t info;
+    int found = 0, rc = xen_getinfo(x, x->domid, &info, &found);
+    if (rc != COLO_OK)
+        return rc;
+    *present = found && !(info.flags & (XEN_DOMINF_dying | XEN_DOMINF_shutdown));
+    return COLO_OK;
+}
+
 static const struct colo_backend_ops xen_ops = {
     .name = "xen",
     .type = COLO_DOMTYPE_X86_PV,   /* replaced per domain at open */
@@ -768,6 +781,7 @@ static const struct colo_backend_ops xen_ops = {
     .map = xen_map,
     .unmap = xen_unmap,
     .commit_pages = xen_commit_pages,
+    .present = xen_present,
 };
 
 /* ---- open --------------------------------------------------------------- */

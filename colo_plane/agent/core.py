@@ -225,6 +225,20 @@ class AgentCore:
 
     async def start_primary(self, req: colo_pb2.StartPrimaryRequest) -> colo_pb2.StartPrimaryResponse:
         secret, replica = self._role_request(req, Role.PRIMARY)
+        if replica is not None and replica.gone():
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the domain {req.domain} on {self.config.host_id} is gone (destroyed or crashed): "
+                "there is no guest here to protect",
+            )
+        if replica is None and not req.create_domain and req.spec.WhichOneof("backend") == "sim":
+            # Re-protection: the pair's data lives in the guest this host ran.  A new
+            # empty domain copied over the secondary would wipe it.
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this agent ({self.config.host_id}) holds no domain {req.domain!r} to re-protect; "
+                "refusing to create an empty one over the pair's data",
+            )
         if replica is None:
             dom = await self._open(req.spec, Role.PRIMARY)
             replica = Replica(req.domain, req.generation, Role.PRIMARY, req.spec, dom, self._verify(req.spec))
@@ -399,6 +413,12 @@ class AgentCore:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this host is the secondary of {req.domain}: send Checkpoint to the primary's agent",
+            )
+        if replica.gone():
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the primary domain {req.domain} on {self.config.host_id} is gone (destroyed or "
+                "crashed): nothing to checkpoint; the secondary holds the last whole copy",
             )
         armed = replica.armed
         if armed is not None and armed.epoch == req.epoch and armed.generation == req.generation:
@@ -596,6 +616,17 @@ class AgentCore:
             digest = await asyncio.to_thread(replica.digest) if req.include_hash else None
             out.append(replica.status(digest))
         return out
+
+    def destroy_domains(self, role: Role) -> list[str]:
+        """Test hook: destroys every sim domain held in role, as `xl destroy` would
+        (the agent keeps the role and finds the guest gone)."""
+        gone = []
+        for replica in self.replicas.values():
+            if replica.role is role and replica.dom.backend == "sim":
+                replica.dom.sim_destroy()
+                gone.append(replica.domain)
+        log.warning("TEST HOOK: destroyed the %s domain(s) %s", role.value, ", ".join(gone) or "(none)")
+        return gone
 
     async def close(self) -> None:
         for domain in list(self.replicas):

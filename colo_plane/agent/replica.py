@@ -142,6 +142,14 @@ class Replica:
         with lock:
             return self.dom.hash()
 
+    def gone(self) -> bool:
+        """The guest domain itself vanished (destroyed, crashed): this host holds no copy."""
+        try:
+            return not self.dom.present()
+        except native.NativeError as exc:  # cannot tell: say present, the next look may know
+            log.warning("%s: cannot tell whether the domain still exists: %s", self.domain, exc)
+            return False
+
     def status(self, digest: native.DomainHash | None = None) -> colo_pb2.DomainStatus:
         self.refresh()
         out = colo_pb2.DomainStatus(
@@ -162,6 +170,7 @@ class Replica:
             service_address=self.service_address,
             output_held=bool(self.proxy and self.proxy.held),
             held_replies=self.proxy.held if self.proxy else 0,
+            domain_gone=self.gone(),
         )
         v = self.last_verify
         if v.checked:

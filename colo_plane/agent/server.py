@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 import uuid
 
@@ -17,6 +19,7 @@ from colo_plane.agent.primary import TestHooks
 from colo_plane.agent.registration import Registration
 from colo_plane.agent.reporter import SyncReporter
 from colo_plane.agent.servicer import AgentServicer
+from colo_plane.agent.syncpoints import Role
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,11 @@ async def run(args: argparse.Namespace) -> int:
         metrics_address or "(off)",
     )
 
+    if args.test_destroy_on_signal:
+        log.warning("TEST HOOKS ON: SIGUSR1 / SIGUSR2 destroy this host's primary / secondary sim domains")
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, core.destroy_domains, Role.PRIMARY)
+        loop.add_signal_handler(signal.SIGUSR2, core.destroy_domains, Role.SECONDARY)
     await serving.stop_signals().wait()
     log.info("agent %s shutting down", args.host_id)
     await serving.shutdown(server, health_servicer, SHUTDOWN_GRACE)
@@ -174,3 +182,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-file", help="write the bound addresses here as JSON once serving")
     parser.add_argument("--test-send-only-a", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--test-cut-checkpoint-after", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--test-destroy-on-signal", action="store_true", help=argparse.SUPPRESS)

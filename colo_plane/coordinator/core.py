@@ -86,6 +86,7 @@ class Coordinator:
         self.roles = Roles(self.machine, self.registry, self.driver, settings)
         self.detector = FailureDetector(self.registry, self.machine, self.roles, settings)
         self.driver.on_unreachable = self.detector.suspect
+        self._gone: set[tuple[str, int, str]] = set()  # (domain, generation, host) being handled
 
     # -- life -------------------------------------------------------------------------
 
@@ -520,10 +521,25 @@ class Coordinator:
         agent.last_seen = time.monotonic()
         agent.info.last_heartbeat.GetCurrentTime()
         agent.domains = {d.domain: d for d in req.domains}
+        for status in req.domains:
+            if status.domain_gone:
+                self._domain_gone(req.host_id, status)
         if not agent.registered:
             out.reregister = True  # a restarted coordinator: tell us what you hold
         out.superseded.extend(self._superseded(req.host_id, list(req.domains)))
         return out
+
+    def _domain_gone(self, host: str, status: colo_pb2.DomainStatus) -> None:
+        """A live host says its domain of a pair vanished: that side holds no copy."""
+        rec = self.machine.pairs.get(status.domain)
+        if rec is None or rec.generation != status.generation or host not in rec.hosts():
+            return
+        key = (rec.domain, rec.generation, host)
+        if key in self._gone:
+            return  # being handled; later heartbeats say the same
+        self._gone.add(key)
+        task = self.roles.spawn(self.roles.domain_gone(rec, host, rec.generation), f"gone-{rec.domain}")
+        task.add_done_callback(lambda _: self._gone.discard(key))
 
     async def request_checkpoint(
         self, req: colo_pb2.RequestCheckpointRequest

@@ -2,11 +2,18 @@
 for: first boot (protect, re-protect), failover when the primary is lost,
 dropping a lost or unhealthy secondary, planned switchover, unprotect.
 One role change at a time per pair (PairRecord.lock); each one re-checks
-the generation it was started for, so a late one does nothing."""
+the generation it was started for, so a late one does nothing.
+
+Before a role change gives up a side, the side that is to carry on is
+asked whether it still holds the guest (copy_on): the coordinator never
+releases the last copy of a pair, never re-protects from a domain that is
+gone, and says LOST when no host holds the guest (docs/coordinator.md,
+"Which side holds the copy")."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import time
@@ -39,6 +46,17 @@ SECRET_BYTES = 32
 PRIMARY_LOST = colo_pb2.FAILOVER_CAUSE_PRIMARY_LOST
 SECONDARY_LOST = colo_pb2.FAILOVER_CAUSE_SECONDARY_LOST
 SECONDARY_UNHEALTHY = colo_pb2.FAILOVER_CAUSE_SECONDARY_UNHEALTHY
+PRIMARY_DOMAIN_GONE = colo_pb2.FAILOVER_CAUSE_PRIMARY_DOMAIN_GONE
+SECONDARY_DOMAIN_GONE = colo_pb2.FAILOVER_CAUSE_SECONDARY_DOMAIN_GONE
+COPY_CHECK_TIMEOUT = 0.5  # seconds a host has to say whether it holds a pair's guest
+
+
+class Copy(enum.Enum):
+    """Whether a host holds a pair's guest, as its agent says."""
+
+    HELD = "held"  # the agent holds the domain and the domain exists
+    GONE = "gone"  # the agent holds no such domain, or its domain vanished
+    UNKNOWN = "unknown"  # the host did not answer: no fact either way
 
 
 def _why(exc: grpc.aio.AioRpcError) -> str:
@@ -115,19 +133,50 @@ class Roles:
             cands, primary=primary, backend=backend, keys=self.settings.failure_domain_keys, exclude=exclude
         )
 
+    # -- which side holds the copy ------------------------------------------------------
+
+    async def copy_on(self, host: str, domain: str) -> Copy:
+        """Asks host's agent whether it holds domain's guest (one GetStatus)."""
+        if not host:
+            return Copy.GONE
+        try:
+            status = await self.registry.client(host).status(
+                colo_pb2.GetStatusRequest(domain=domain), timeout=COPY_CHECK_TIMEOUT
+            )
+        except KeyError:
+            return Copy.UNKNOWN
+        except grpc.aio.AioRpcError as exc:
+            return Copy.GONE if exc.code() == grpc.StatusCode.NOT_FOUND else Copy.UNKNOWN
+        held = [d for d in status.domains if d.domain == domain]
+        return Copy.HELD if held and not held[0].domain_gone else Copy.GONE
+
+    def _lose(self, rec: PairRecord, why: str) -> None:
+        """No host holds the guest: say so, and stop issuing checkpoints for it."""
+        self.driver.drop_wanted(rec.domain, f"{rec.domain} is lost")
+        self.machine.lost(rec, why)
+        self.spawn(self.driver.stop(rec.domain), f"stop-driver-{rec.domain}")
+
     # -- first boot: protect and re-protect --------------------------------------------
 
     async def protect(
         self, rec: PairRecord, secondary: str, why: str, started: asyncio.Future[None] | None = None
     ) -> None:
         async with rec.lock:
-            await self._first_boot(rec, secondary, why, started)
+            await self._first_boot(rec, secondary, why, started, create=True)
 
     async def _first_boot(
-        self, rec: PairRecord, secondary: str, why: str, started: asyncio.Future[None] | None = None
+        self,
+        rec: PairRecord,
+        secondary: str,
+        why: str,
+        started: asyncio.Future[None] | None = None,
+        *,
+        create: bool = False,
     ) -> None:
         """SYNCING -> PROTECTED: PrepareSecondary on the new host, then
-        StartPrimary, which returns after the first boot's SECONDARY_RESUMED."""
+        StartPrimary, which returns after the first boot's SECONDARY_RESUMED.
+        Only a first protection (create) lets the primary's agent create the
+        domain; a re-protection copies the guest it already runs, or nothing."""
         primary = rec.pair.primary_host
         try:
             epoch = self.machine.start_syncing(rec, secondary, os.urandom(SECRET_BYTES), why=why)
@@ -162,6 +211,7 @@ class Roles:
                     peer_host_id=secondary,
                     peer_data_address=prepared.data_address,
                     first_boot_timeout=duration(s.first_boot_timeout),
+                    create_domain=create,
                 ),
                 timeout=s.first_boot_timeout + s.rpc_timeout,
             )
@@ -199,6 +249,13 @@ class Roles:
                         "without the backend): it runs unprotected until one registers",
                     )
                 return
+            if await self.copy_on(rec.pair.primary_host, rec.domain) is Copy.GONE:
+                self._lose(
+                    rec,
+                    f"the primary's domain on {rec.pair.primary_host} is gone and no other host holds "
+                    "the guest: nothing to re-protect from",
+                )
+                return
             rec.preferred_secondary = ""
             await self._first_boot(rec, choice.host_id, choice.why)
 
@@ -224,9 +281,47 @@ class Roles:
                         "the domain is down; protect it again when a host is back",
                     )
                 return
-            await self._promote(
-                rec, PRIMARY_LOST, f"primary {rec.pair.primary_host} lost: {why}", release_old_inline=False
-            )
+            if not await self._promote_or_lose(
+                rec, PRIMARY_LOST, f"primary {rec.pair.primary_host} lost: {why}"
+            ):
+                return
+        self.spawn(self.reprotect(rec), f"reprotect-{rec.domain}")
+
+    async def _promote_or_lose(self, rec: PairRecord, cause: colo_pb2.FailoverCause, why: str) -> bool:
+        """The primary is gone: promote the secondary, which holds the last whole
+        checkpoint, unless its domain is gone too (then the pair is lost)."""
+        if await self.copy_on(rec.pair.secondary_host, rec.domain) is Copy.GONE:
+            self._lose(rec, f"{why}; and the secondary's domain on {rec.pair.secondary_host} is gone too")
+            return False
+        return await self._promote(rec, cause, why, release_old_inline=False)
+
+    async def domain_gone(self, rec: PairRecord, host: str, generation: int) -> None:
+        """host reports that its domain of the pair vanished while the host lives."""
+        async with rec.lock:
+            primary, secondary = rec.hosts()
+            if rec.generation != generation or host not in (primary, secondary) or not host:
+                return
+            if host == secondary:
+                if rec.state in (PROTECTED, CHECKPOINTING, SYNCING):
+                    why = f"the secondary's domain on {host} is gone (destroyed or crashed)"
+                    if not await self._drop_secondary(rec, SECONDARY_DOMAIN_GONE, why):
+                        return
+                else:
+                    return
+            elif rec.state in (PROTECTED, CHECKPOINTING):
+                why = f"the primary's domain on {host} is gone (destroyed or crashed)"
+                await self._promote_or_lose(rec, PRIMARY_DOMAIN_GONE, why)
+                if rec.state != UNPROTECTED:
+                    return
+            elif rec.state in (SYNCING, UNPROTECTED):
+                self._lose(
+                    rec,
+                    f"the primary's domain on {host} is gone while it was the only copy "
+                    f"({colo_pb2.PairState.Name(rec.state)}): the guest and its data are lost",
+                )
+                return
+            else:
+                return
         self.spawn(self.reprotect(rec), f"reprotect-{rec.domain}")
 
     async def _promote(
@@ -318,11 +413,30 @@ class Roles:
         async with rec.lock:
             if rec.generation != generation or rec.state not in (PROTECTED, CHECKPOINTING, SYNCING):
                 return
-            await self._drop_secondary(rec, cause, why)
+            if not await self._drop_secondary(rec, cause, why):
+                return
         self.spawn(self.reprotect(rec), f"reprotect-{rec.domain}")
 
-    async def _drop_secondary(self, rec: PairRecord, cause: colo_pb2.FailoverCause, why: str) -> None:
+    async def _drop_secondary(self, rec: PairRecord, cause: colo_pb2.FailoverCause, why: str) -> bool:
+        """Drops the secondary, once the primary says it holds the guest: the
+        secondary may be the last copy.  False: nothing was dropped (the pair
+        failed over or was lost instead, or the primary could not say)."""
         primary, secondary = rec.hosts()
+        held = await self.copy_on(primary, rec.domain)
+        if held is Copy.UNKNOWN:
+            self.machine.error(
+                rec,
+                f"kept secondary {secondary} ({why}): primary {primary} did not say whether it holds "
+                "the guest, and the secondary may be the last copy",
+            )
+            return False
+        if held is Copy.GONE:
+            gone = f"the primary's domain on {primary} is gone (found while dropping the secondary: {why})"
+            if rec.state == SYNCING:
+                self._lose(rec, gone)
+            else:
+                await self._promote_or_lose(rec, PRIMARY_DOMAIN_GONE, gone)
+            return rec.state == UNPROTECTED  # promoted: re-protect the new primary
         self.driver.drop_wanted(rec.domain, f"{rec.domain} lost its secondary")
         generation = self.machine.secondary_dropped(rec, cause, message=why)
         try:
@@ -342,6 +456,7 @@ class Roles:
                 self._release(secondary, rec.domain, generation, f"dropped ({cause_name(cause)})"),
                 f"release-{rec.domain}-{secondary}",
             )
+        return True
 
     async def secondary_trouble(self, rec: PairRecord, generation: int, why: str) -> None:
         """A checkpoint says the secondary cannot be trusted.  Heartbeats get

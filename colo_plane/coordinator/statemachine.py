@@ -4,6 +4,7 @@
     PROTECTED | CHECKPOINTING -> FAILING_OVER -> UNPROTECTED      (secondary promoted)
     PROTECTED | CHECKPOINTING | SYNCING -> UNPROTECTED            (secondary lost or dropped)
     UNPROTECTED | STOPPED | new -> SYNCING                        (protect, re-protect)
+    SYNCING | PROTECTED | CHECKPOINTING | FAILING_OVER | UNPROTECTED -> LOST  (no host holds the guest)
     any -> STOPPED                                                (UnprotectDomain)
 
 Every transition is a named method here: it checks the state it leaves,
@@ -39,8 +40,9 @@ CHECKPOINTING = colo_pb2.PAIR_STATE_CHECKPOINTING
 FAILING_OVER = colo_pb2.PAIR_STATE_FAILING_OVER
 UNPROTECTED = colo_pb2.PAIR_STATE_UNPROTECTED
 STOPPED = colo_pb2.PAIR_STATE_STOPPED
+LOST = colo_pb2.PAIR_STATE_LOST
 NEW = colo_pb2.PAIR_STATE_UNSPECIFIED
-ANY_STATE = (NEW, SYNCING, PROTECTED, CHECKPOINTING, FAILING_OVER, UNPROTECTED, STOPPED)
+ANY_STATE = (NEW, SYNCING, PROTECTED, CHECKPOINTING, FAILING_OVER, UNPROTECTED, STOPPED, LOST)
 
 # The states each transition leaves from (DESIGN.md section 6).
 FROM: dict[str, tuple[int, ...]] = {
@@ -54,6 +56,7 @@ FROM: dict[str, tuple[int, ...]] = {
     "promoted": (FAILING_OVER,),
     "promotion_failed": (FAILING_OVER,),
     "secondary_dropped": (PROTECTED, CHECKPOINTING, SYNCING),
+    "lost": (SYNCING, PROTECTED, CHECKPOINTING, FAILING_OVER, UNPROTECTED),
     "stop": ANY_STATE,
 }
 
@@ -505,6 +508,17 @@ class PairMachine:
             host_id=rec.pair.primary_host,
             message=f"{rec.pair.primary_host} runs unprotected",
         )
+
+    def lost(self, rec: PairRecord, message: str) -> None:
+        """No host holds the guest any more: nothing serves, nothing is re-protected;
+        an operator decides (unprotect, then protect anew)."""
+        self._require(rec, "lost")
+        rec.pair.secondary_host = ""
+        rec.pair.pending_epoch = 0
+        rec.pair.service_endpoint = ""
+        rec.secret = b""
+        self.error(rec, f"PAIR LOST: {message}")
+        self._move(rec, "lost", FROM["lost"], LOST, message=message, level=logging.ERROR)
 
     def stop(self, rec: PairRecord, message: str) -> None:
         self._require(rec, "stop")
