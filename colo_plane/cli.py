@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     version.set_defaults(func=_cmd_version)
 
     agent = sub.add_parser("agent", help="run the host agent daemon")
-    from colo_plane.agent.server import add_arguments as agent_arguments
+    from colo_plane.agent.flags import add_arguments as agent_arguments
 
     agent_arguments(agent)
     _add_logging(agent)

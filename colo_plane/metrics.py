@@ -143,6 +143,11 @@ STORE_ERRORS = Counter(
 )
 AGENTS_ALIVE = Gauge("colo_agents_alive", "Agents whose heartbeats arrive in time")
 AGENTS_KNOWN = Gauge("colo_agents", "Agents the coordinator knows, alive or not")
+COMMAND_PATH_LOST = Counter(
+    "colo_agent_command_path_lost_total",
+    "Agents declared lost because commands stopped reaching them while their heartbeats arrived "
+    "(a one-way partition)",
+)
 REQUEST_TO_ISSUE = Histogram(
     "colo_checkpoint_request_to_issue_seconds",
     "Control path: checkpoint wanted (request, on-demand call, timer) to Agent.Checkpoint sent",

@@ -27,17 +27,41 @@ log = logging.getLogger(__name__)
 HealthServicer = Any
 
 # Keepalive that clients and servers agree on (a client pinging more often
-# than the server permits is disconnected with GOAWAY).
+# than the server permits is disconnected with GOAWAY): servers accept a
+# ping every 500 ms, more often than any channel here sends.
 SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+]
+# A peer that comes back (a restarted coordinator) is reconnected to within
+# a second: gRPC's default backoff grows to 120 s, and agents took 12-15 s
+# to find a coordinator that had been away for a few.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.min_reconnect_backoff_ms", 1_000),  # how long one connection attempt may take
 ]
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    *RECONNECT_OPTIONS,
+]
+# The coordinator's channels to agents' Agent API: a ping every second
+# (gRPC sends none more often) that must be answered within a second, so a
+# command path that stops delivering (a one-way partition: heartbeats still
+# arrive) fails the calls on it within about two, at no cost in RPCs.
+# Pings are answered by gRPC's own threads, not by the agent's event loop,
+# so a busy agent still answers.
+COMMAND_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 1_000),
+    ("grpc.keepalive_timeout_ms", 1_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    *RECONNECT_OPTIONS,
 ]
 
 

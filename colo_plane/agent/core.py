@@ -5,6 +5,7 @@ what to do; the servicer turns it into a status."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ import grpc
 from colo_plane import addresses, metrics, native
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink, domains, handshake, proxy
+from colo_plane.agent.flags import POLL_US
 from colo_plane.agent.primary import Outcome, PrimaryLink, TestHooks
 from colo_plane.agent.replica import Armed, Replica, stats_to_proto, verify_to_proto
 from colo_plane.agent.secondary import ProtocolError
@@ -29,7 +31,6 @@ CHECKPOINT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 REPLY_TIMEOUT = 0.5  # the secondary's reply, before the primary asks for a checkpoint
 RPC_TIMEOUT = 2.0
-POLL_US = 0  # see --poll-us
 ARMED_TRIGGERS = {
     native.ArmWhy.DIVERGENCE: colo_pb2.CHECKPOINT_TRIGGER_REQUEST,
     native.ArmWhy.TIMER: colo_pb2.CHECKPOINT_TRIGGER_TIMER,
@@ -74,6 +75,7 @@ class AgentCore:
         self.sink = sink
         self.coordinator = coordinator
         self.replicas: dict[str, Replica] = {}
+        self._standing_down: dict[str, asyncio.Task[None]] = {}
 
     # -- checks ----------------------------------------------------------------
 
@@ -617,6 +619,52 @@ class AgentCore:
             out.append(replica.status(digest))
         return out
 
+    # -- standing down -------------------------------------------------------------
+
+    def superseded(self, items: list[colo_pb2.Superseded]) -> None:
+        """The coordinator says these pairs moved on without this host (in a
+        heartbeat or registration answer): stand down at once, so clients still
+        connected here go and find the new primary instead of waiting on output
+        this host may never release."""
+        for item in items:
+            replica = self.replicas.get(item.domain)
+            if (
+                replica is None
+                or replica.generation >= item.generation
+                or replica.stood_down
+                or item.domain in self._standing_down
+            ):
+                continue
+            task = asyncio.create_task(self._stand_down(replica, item), name=f"stand-down-{item.domain}")
+            self._standing_down[item.domain] = task
+            task.add_done_callback(functools.partial(self._stood_down, item.domain))
+
+    def _stood_down(self, domain: str, task: asyncio.Task[None]) -> None:
+        self._standing_down.pop(domain, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: standing down failed", domain, exc_info=task.exception())
+
+    async def _stand_down(self, replica: Replica, item: colo_pb2.Superseded) -> None:
+        """Pause the guest, stop replicating and serving, release nothing; wait for Release."""
+        log.warning(
+            "%s: superseded (generation %d here, %d at the coordinator: %s); standing down",
+            replica.domain,
+            replica.generation,
+            item.generation,
+            item.message or "no reason given",
+        )
+        replica.disarm()
+        async with replica.busy:
+            replica.stood_down = True
+            await replica.disconnect()
+            if not replica.gone():
+                replica.dom.pause()
+            replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
+            if replica.proxy is not None:
+                await replica.proxy.close()  # clients reconnect and ask where the service is now
+                replica.proxy = None
+                replica.service_address = ""
+
     def destroy_domains(self, role: Role) -> list[str]:
         """Test hook: destroys every sim domain held in role, as `xl destroy` would
         (the agent keeps the role and finds the guest gone)."""
@@ -629,5 +677,8 @@ class AgentCore:
         return gone
 
     async def close(self) -> None:
+        for task in list(self._standing_down.values()):
+            task.cancel()
+        await asyncio.gather(*self._standing_down.values(), return_exceptions=True)
         for domain in list(self.replicas):
             await self._drop(domain)

@@ -30,6 +30,7 @@ class Registration:
         service_host: str,
         labels: dict[str, str],
         statuses: Callable[[], list[colo_pb2.DomainStatus]],
+        superseded: Callable[[list[colo_pb2.Superseded]], None] = lambda _: None,
     ) -> None:
         self._stub = stub
         self._host_id = host_id
@@ -39,6 +40,7 @@ class Registration:
         self._service_host = service_host
         self._labels = labels
         self._statuses = statuses
+        self._superseded = superseded
         self.interval = DEFAULT_INTERVAL
         self.registered = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="registration")
@@ -64,6 +66,8 @@ class Registration:
             try:
                 reply = await self._stub.RegisterAgent(self._register_request(), timeout=RPC_TIMEOUT)
                 self.interval = seconds(reply.heartbeat_interval, DEFAULT_INTERVAL)
+                if reply.superseded:
+                    self._superseded(list(reply.superseded))
                 self.registered.set()
                 log.info("registered with the coordinator as %s", self._host_id)
                 return
@@ -89,6 +93,8 @@ class Registration:
                 log.debug("heartbeat failed: %s", exc.code().name)
                 continue
             self.interval = seconds(reply.heartbeat_interval, self.interval)
+            if reply.superseded:
+                self._superseded(list(reply.superseded))
             if reply.reregister:
                 self.registered.clear()
                 await self._register()

@@ -56,6 +56,7 @@ class Replica:
     proxy_task: asyncio.Task[None] | None = None  # secondary: runs forwarded requests
     service_address: str = ""
     armed: Armed | None = None  # primary: the armed checkpoint waiting for a held reply
+    stood_down: bool = False  # superseded: paused, not serving, waiting for Release
 
     def disarm(self) -> None:
         """Ends an armed checkpoint that has not started (it holds busy while it waits)."""

@@ -14,7 +14,7 @@ import grpc
 from colo_plane import addresses, native, serving
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink
-from colo_plane.agent.core import POLL_US, AgentConfig, AgentCore
+from colo_plane.agent.core import AgentConfig, AgentCore
 from colo_plane.agent.primary import TestHooks
 from colo_plane.agent.registration import Registration
 from colo_plane.agent.reporter import SyncReporter
@@ -66,6 +66,11 @@ async def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"colo agent: --poll-us must be 0..{native.MAX_POLL_US}, got {args.poll_us}")
     for address in (args.listen, args.data_listen, addresses.join(args.service_host or "0.0.0.0", 0)):
         advertised(address, args.advertise_host)  # refuse a wildcard before binding anything
+    if args.advertise_grpc:
+        try:
+            addresses.parse(args.advertise_grpc)
+        except ValueError as exc:
+            raise SystemExit(f"colo agent: --advertise-grpc: {exc}") from None
     incarnation = uuid.uuid4().hex
     listener = datalink.DataListener(args.data_listen)
     data_address = advertised(await listener.start(), args.advertise_host)
@@ -93,7 +98,8 @@ async def run(args: argparse.Namespace) -> int:
     server = serving.new_server()
     colo_pb2_grpc.add_AgentServicer_to_server(AgentServicer(core, incarnation), server)
     health_servicer = serving.add_health_and_reflection(server, [SERVICE])
-    grpc_address = advertised(serving.bind(server, args.listen), args.advertise_host)
+    bound = advertised(serving.bind(server, args.listen), args.advertise_host)
+    grpc_address = args.advertise_grpc or bound  # what the coordinator dials
     metrics_address = serving.start_metrics(args.metrics_listen)
     await server.start()
     await serving.set_serving(health_servicer, [SERVICE])
@@ -106,12 +112,13 @@ async def run(args: argparse.Namespace) -> int:
         service_host=args.service_host,
         labels=_labels(args.label),
         statuses=lambda: [r.status() for r in core.replicas.values()],
+        superseded=core.superseded,
     )
     serving.write_ready_file(
         args.ready_file,
         {
             "host_id": args.host_id,
-            "grpc": grpc_address,
+            "grpc": bound,
             "data": data_address,
             "metrics": metrics_address,
             "incarnation": incarnation,
@@ -140,46 +147,3 @@ async def run(args: argparse.Namespace) -> int:
     await reporter.close()
     await channel.close(None)
     return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host-id", required=True, help="this host's name in the cluster")
-    parser.add_argument("--listen", default="127.0.0.1:7100", help="gRPC address (Agent API)")
-    parser.add_argument("--data-listen", default="127.0.0.1:7101", help="data port for primaries' streams")
-    parser.add_argument("--coordinator", default="127.0.0.1:7000", help="the coordinator's gRPC address")
-    parser.add_argument(
-        "--metrics-listen", default="", help="host:port for Prometheus /metrics (off if empty)"
-    )
-    parser.add_argument(
-        "--service-host", default="127.0.0.1", help="address the COLO proxy serves clients on"
-    )
-    parser.add_argument(
-        "--advertise-host",
-        default="",
-        help="host the coordinator, peers and clients dial for this agent's ports "
-        "(needed when a listen address is a wildcard such as 0.0.0.0)",
-    )
-    parser.add_argument(
-        "--poll-us",
-        type=int,
-        default=POLL_US,
-        metavar="MICROSECONDS",
-        help="the COLO proxy's threads poll this long after a request before they sleep: a request "
-        f"then costs no wake-up, for a little CPU (0: never poll; default {POLL_US})",
-    )
-    parser.add_argument(
-        "--label",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="failure-domain label for placement (repeatable)",
-    )
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="verify mode for every pair: hash both sides after each checkpoint (debug)",
-    )
-    parser.add_argument("--ready-file", help="write the bound addresses here as JSON once serving")
-    parser.add_argument("--test-send-only-a", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--test-cut-checkpoint-after", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--test-destroy-on-signal", action="store_true", help=argparse.SUPPRESS)

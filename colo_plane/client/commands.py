@@ -225,7 +225,7 @@ def _probability(text: str) -> float:
 
 def register(sub: Any) -> None:
     """Adds the coordinator daemon and the client commands to `colo`."""
-    from colo_plane.coordinator.server import add_arguments as coordinator_arguments
+    from colo_plane.coordinator.flags import add_arguments as coordinator_arguments
 
     daemon = sub.add_parser("coordinator", help="run the coordinator daemon")
     coordinator_arguments(daemon)

@@ -21,6 +21,9 @@ class AgentRecord:
     info: colo_pb2.AgentInfo  # roles are filled in when listed
     last_seen: float = 0.0  # time.monotonic() of the last heartbeat or registration
     registered: bool = False  # registered with this coordinator process (not just loaded from the store)
+    # Its Agent API answers: False once a command failed to reach it while its
+    # heartbeats arrived (a one-way partition), until a probe gets through.
+    reachable: bool = True
     domains: dict[str, colo_pb2.DomainStatus] = field(default_factory=dict)  # as last reported
 
     @property
@@ -84,6 +87,15 @@ class AgentRegistry:
         rec = self.agents.get(host_id)
         return rec is not None and rec.alive
 
+    def channel_failing(self, host_id: str) -> bool:
+        """The channel to host's Agent API is in TRANSIENT_FAILURE (keepalive or connect failed)."""
+        rec = self.agents.get(host_id)
+        channel = self._channels.get(rec.info.grpc_address) if rec is not None else None
+        return (
+            channel is not None
+            and channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        )
+
     def client(self, host_id: str) -> AgentClient:
         """A client for host_id's Agent service (channels are shared per address)."""
         address = self.agents[host_id].info.grpc_address
@@ -91,7 +103,7 @@ class AgentRegistry:
         if client is None:
             channel = self._channels.get(address)
             if channel is None:
-                channel = grpc.aio.insecure_channel(address, options=serving.CHANNEL_OPTIONS)
+                channel = grpc.aio.insecure_channel(address, options=serving.COMMAND_CHANNEL_OPTIONS)
                 self._channels[address] = channel
             client = AgentClient(colo_pb2_grpc.AgentStub(channel), host_id)
             self._clients[(host_id, address)] = client
@@ -124,7 +136,11 @@ class AgentRegistry:
         info.registered_at.GetCurrentTime()
         info.last_heartbeat.GetCurrentTime()
         rec = AgentRecord(
-            info, last_seen=time.monotonic(), registered=True, domains={d.domain: d for d in req.domains}
+            info,
+            last_seen=time.monotonic(),
+            registered=True,
+            domains={d.domain: d for d in req.domains},
+            reachable=old.reachable if old is not None else True,  # a registration proves only one direction
         )
         self.agents[req.host_id] = rec
         return rec, previous

@@ -41,6 +41,10 @@ LINK_LOST = (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.St
 
 
 ARM_RETRY = 0.2  # seconds after a failed checkpoint before the next epoch is armed
+# A primary that asks for a checkpoint this long after its epoch was armed
+# never got the arm: commands do not reach it (docs/coordinator.md, "One-way
+# partitions").  It asks only after a whole tick without an armed epoch.
+ARM_LOST_AFTER = 0.1
 
 
 class CheckpointError(Exception):
@@ -72,6 +76,7 @@ class Wanted:
     fired: bool = False  # armed, and the coordinator asked for it now (trigger says why)
     req: colo_pb2.AgentCheckpointRequest | None = None  # armed: the call that armed it
     fire: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None  # the second call
+    sent: float = 0.0  # armed: loop.time() the arming call was sent
 
 
 @dataclass
@@ -181,6 +186,13 @@ class CheckpointDriver:
         armed = d.armed
         assert armed is not None
         coalesced = armed.fired
+        if (
+            trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST
+            and not armed.fired
+            and asyncio.get_running_loop().time() - armed.sent > ARM_LOST_AFTER
+            and self.on_unreachable is not None
+        ):
+            self.on_unreachable(d.rec.pair.primary_host)  # its arm never arrived: confirm it hears us
         self._fire(d, trigger)
         future: Result | None = None
         if wait:
@@ -320,6 +332,7 @@ class CheckpointDriver:
             # say so.  A role change cancels the call (abandon()): a hung primary must not hold the
             # driver.
             d.call = asyncio.ensure_future(client.checkpoint(req, timeout=wanted.arm + timeout + 1.0))
+            wanted.sent = asyncio.get_running_loop().time()
             try:
                 await asyncio.wait({d.call})
                 call = await self._answered(d.call, wanted)

@@ -21,6 +21,7 @@ from colo_plane.coordinator.store import StoreError
 log = logging.getLogger(__name__)
 
 REPROTECT_SCAN = 0.25  # seconds between scans for pairs to re-protect
+REPROBE_EVERY = 1.0  # seconds between probes of an agent commands could not reach
 
 
 class FailureDetector:
@@ -35,6 +36,7 @@ class FailureDetector:
         self.tick = max(0.01, min(settings.heartbeat_interval / 2, 0.05))
         self._task: asyncio.Task[None] | None = None
         self._probing: set[str] = set()
+        self._last_reprobe: dict[str, float] = {}
         # A dead agent's port refuses at once; a hung host costs this much more.
         self.probe_timeout = max(0.05, min(0.25, settings.heartbeat_timeout / 2))
 
@@ -64,15 +66,33 @@ class FailureDetector:
 
     def check_agents(self, now: float) -> None:
         for agent in list(self.registry.agents.values()):
+            if not agent.alive or agent.host_id in self._probing:
+                continue
             silent = now - agent.last_seen
-            if (
-                agent.alive
-                and silent > self.settings.heartbeat_timeout
-                and agent.host_id not in self._probing
-            ):
+            if silent > self.settings.heartbeat_timeout or self.registry.channel_failing(agent.host_id):
+                # Late heartbeats, or commands that stopped reaching it (its heartbeats may
+                # still arrive: a one-way partition is a failure of its own).
                 self._probing.add(agent.host_id)
                 self.roles.spawn(self._confirm_lost(agent, silent), f"probe-{agent.host_id}")
+            elif not agent.reachable and now - self._last_reprobe.get(agent.host_id, 0.0) >= REPROBE_EVERY:
+                self._last_reprobe[agent.host_id] = now
+                self._probing.add(agent.host_id)
+                self.roles.spawn(self._reprobe(agent), f"reprobe-{agent.host_id}")
         self.update_gauges()
+
+    async def _reprobe(self, agent: AgentRecord) -> None:
+        """An agent commands could not reach takes roles again once a call gets through."""
+        try:
+            await self.registry.client(agent.host_id).status(
+                colo_pb2.GetStatusRequest(domain=""), timeout=self.probe_timeout
+            )
+        except grpc.aio.AioRpcError:
+            return
+        finally:
+            self._probing.discard(agent.host_id)
+        if not agent.reachable:
+            agent.reachable = True
+            log.warning("agent %s: commands reach it again; it may take roles", agent.host_id)
 
     def suspect(self, host: str) -> None:
         """A call to host failed as if it were down: confirm now rather than at the heartbeat timeout."""
@@ -84,9 +104,10 @@ class FailureDetector:
     async def _confirm_lost(self, agent: AgentRecord, silent: float) -> None:
         """Late heartbeats are confirmed with one direct call before failing over: a
         dead agent refuses it at once, a busy one answers and keeps its roles."""
+        late = silent > self.settings.heartbeat_timeout
         why = (
             f"no heartbeat for {silent:.2f} s (timeout {self.settings.heartbeat_timeout:.2f} s)"
-            if silent > self.settings.heartbeat_timeout
+            if late
             else "a call to it failed as if it were down"
         )
         try:
@@ -94,8 +115,20 @@ class FailureDetector:
                 colo_pb2.GetStatusRequest(domain=""), timeout=self.probe_timeout
             )
         except grpc.aio.AioRpcError as exc:
-            if self.registry.agents.get(agent.host_id) is agent and agent.alive:
-                self.agent_lost(agent, f"{why}, and it does not answer ({exc.code().name})")
+            if self.registry.agents.get(agent.host_id) is not agent or not agent.alive:
+                return
+            if (
+                exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # refused would mean the process is gone
+                and time.monotonic() - agent.last_seen <= self.settings.heartbeat_timeout
+            ):
+                # Its heartbeats arrive, but the coordinator cannot command it: it
+                # can neither checkpoint nor release output, so its pairs are served
+                # by no one.  Fail its roles over and give it none until a call
+                # gets through again (docs/coordinator.md, "One-way partitions").
+                agent.reachable = False
+                metrics.COMMAND_PATH_LOST.inc()
+                why = f"{why}; its heartbeats arrive but commands do not reach it (a one-way partition)"
+            self.agent_lost(agent, f"{why}, and it does not answer ({exc.code().name})")
         else:
             if time.monotonic() - agent.last_seen > self.settings.heartbeat_timeout:
                 log.warning("agent %s: %s, but it answers: kept alive", agent.host_id, why)

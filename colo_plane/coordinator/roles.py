@@ -104,7 +104,7 @@ class Roles:
         return [
             placement.Candidate(
                 host_id=a.host_id,
-                alive=a.alive,
+                alive=a.alive and a.reachable,  # a host commands cannot reach takes no role
                 draining=a.info.draining,
                 backends=frozenset(a.info.backends),
                 labels=dict(a.info.labels),

@@ -198,6 +198,7 @@ def protect(
             pair_secret=secret,
             peer_host_id=secondary.host_id,
             peer_data_address=prepared.data_address,
+            create_domain=True,  # a first protection: the sim domain is made here
         ),
         timeout=60,
     )

@@ -313,6 +313,7 @@ def test_bad_arguments_get_clear_errors(agents: StartAgent) -> None:
                     spec=sim_spec("vm1", pages=64),
                     pair_secret=b"s" * 32,
                     peer_data_address="127.0.0.1:1",
+                    create_domain=True,
                 ),
                 timeout=10,
             ),
