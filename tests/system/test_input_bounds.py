@@ -1,0 +1,122 @@
+"""Input the control plane refuses, with real processes: a `colo coordinator`
+and two `colo agent`s for the API's bounds (docs/coordinator.md, "Input
+bounds")."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from cluster import AgentProcess
+from coordinated import CoordinatorProcess, sim_spec, start_cluster
+
+from colo_plane._proto import colo_pb2
+from colo_plane.localcluster import COLO
+
+pytestmark = pytest.mark.system
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CoordinatorProcess, list[AgentProcess]]]:
+    """One coordinator and two agents for every refusal here: refusals change nothing."""
+    coord, agents = start_cluster(tmp_path_factory.mktemp("bounds"), 2)
+    yield coord, agents
+    for agent in agents:
+        agent.stop()
+    coord.stop()
+
+
+def _refused(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details() or ""  # type: ignore[attr-defined]
+
+
+def _protect(coord: CoordinatorProcess, spec: colo_pb2.DomainSpec) -> tuple[grpc.StatusCode, str]:
+    return _refused(
+        lambda: coord.stub.ProtectDomain(
+            colo_pb2.ProtectDomainRequest(spec=spec, primary_host="host-a"), timeout=10
+        )
+    )
+
+
+def _assert_not_stored(coord: CoordinatorProcess, domain: str) -> None:
+    code, _ = _refused(lambda: coord.pair(domain))
+    assert code == grpc.StatusCode.NOT_FOUND
+    listed = subprocess.run(
+        [*COLO, "pairs", "--all", "--coordinator", coord.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0 and domain not in listed.stdout, listed.stdout
+
+
+def _service_pages_at_pages() -> colo_pb2.DomainSpec:
+    spec = sim_spec("svc")
+    spec.sim.service_pages = spec.sim.pages
+    return spec
+
+
+def _timeout_1ns() -> colo_pb2.DomainSpec:
+    spec = sim_spec("tmo")
+    spec.checkpoint_timeout.FromNanoseconds(1)
+    return spec
+
+
+def _interval_1e9s() -> colo_pb2.DomainSpec:
+    spec = sim_spec("ivl")
+    spec.checkpoint_interval.FromSeconds(10**9)
+    return spec
+
+
+def _pages_2_24() -> colo_pb2.DomainSpec:
+    return sim_spec("big", pages=1 << 24)
+
+
+@pytest.mark.parametrize(
+    ("make", "field", "bound"),
+    [
+        (_service_pages_at_pages, "spec.sim.service_pages", "2..pages - 1"),
+        (_timeout_1ns, "spec.checkpoint_timeout", "100 ms..10 min"),
+        (_interval_1e9s, "spec.checkpoint_interval", "10 ms..1 h"),
+        (_pages_2_24, "spec.sim.pages", "1..1048576"),
+    ],
+    ids=["service_pages>=pages", "checkpoint_timeout=1ns", "checkpoint_interval=1e9s", "sim.pages=2^24"],
+)
+def test_protect_out_of_bounds_is_refused_and_nothing_stored(
+    cluster: tuple[CoordinatorProcess, list[AgentProcess]],
+    make: Callable[[], colo_pb2.DomainSpec],
+    field: str,
+    bound: str,
+) -> None:
+    coord, _ = cluster
+    spec = make()
+    code, details = _protect(coord, spec)
+    assert code == INVALID and field in details and bound in details, details
+    _assert_not_stored(coord, spec.domain)
+
+
+def test_agent_refuses_the_same_spec_with_the_same_words(
+    cluster: tuple[CoordinatorProcess, list[AgentProcess]],
+) -> None:
+    """PrepareSecondary checks the spec with the coordinator's module: the same field, the same bound."""
+    _, agents = cluster
+    spec = _service_pages_at_pages()
+    code, details = _refused(
+        lambda: agents[1].stub.PrepareSecondary(
+            colo_pb2.PrepareSecondaryRequest(
+                domain=spec.domain, generation=1, epoch=1, spec=spec, pair_secret=b"s" * 32
+            ),
+            timeout=10,
+        )
+    )
+    assert code == INVALID and "spec.sim.service_pages" in details and "2..pages - 1" in details, details
+    assert not agents[1].stub.GetStatus(colo_pb2.GetStatusRequest(), timeout=5).domains
