@@ -16,16 +16,19 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RpcError(Exception):
-    """Raised inside servicer logic; the server turns it into a status."""
+    """Raised inside servicer logic; the server turns it into a status.
+    ``reason`` names the refusal for metrics where the code alone is too
+    coarse (colo_sync_reports_refused_total); it defaults to the code."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, *, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason or code.name.lower()
 
 
-def fail(code: grpc.StatusCode, message: str) -> NoReturn:
-    raise RpcError(code, message)
+def fail(code: grpc.StatusCode, message: str, *, reason: str = "") -> NoReturn:
+    raise RpcError(code, message, reason=reason)
 
 
 def seconds(d: duration_pb2.Duration, default: float) -> float:

@@ -530,11 +530,36 @@ class Coordinator:
     ) -> colo_pb2.ReportSyncPointResponse:
         rec = self._pair(req.domain)
         bounds.check_report(req)
+        if self.registry.get(req.host_id) is None:
+            fail(
+                grpc.StatusCode.NOT_FOUND,
+                f"sync point of {rec.domain} from {req.host_id!r}, which is not a registered host: only "
+                "the agents of the pair report its sync points (`colo agents` lists them)",
+                reason="unknown_host",
+            )
         if req.generation < rec.generation:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"sync point of {rec.domain} at generation {req.generation}, superseded by {rec.generation}: "
                 "the reporter has been fenced and must stand down",
+            )
+        if req.generation > rec.generation:
+            # Nothing the coordinator handed out: a confused agent, or a store restored from an
+            # older copy. Either way the report cannot stand for this pair's state.
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"sync point of {rec.domain} at generation {req.generation}, which the coordinator never "
+                f"issued (the pair is at {rec.generation}): release the domain on {req.host_id} "
+                "(colo unprotect, then protect again)",
+                reason="future_generation",
+            )
+        if rec.state != STOPPED and req.host_id not in rec.hosts():
+            fail(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{req.host_id} holds no role in {rec.domain} at generation {rec.generation} (primary "
+                f"{rec.pair.primary_host or 'none'}, secondary {rec.pair.secondary_host or 'none'}): only "
+                "the pair's agents report its sync points",
+                reason="not_pair_host",
             )
         self.machine.emit(
             rec,

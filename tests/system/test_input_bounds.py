@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from cluster import AgentProcess
-from coordinated import CoordinatorProcess, sim_spec, start_cluster
+from coordinated import CoordinatorProcess, sim_spec, start_cluster, wait_for
 
 from colo_plane._proto import colo_pb2
 from colo_plane.localcluster import COLO
 
 pytestmark = pytest.mark.system
 
+U64_MAX = 2**64 - 1
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -120,3 +121,45 @@ def test_agent_refuses_the_same_spec_with_the_same_words(
     )
     assert code == INVALID and "spec.sim.service_pages" in details and "2..pages - 1" in details, details
     assert not agents[1].stub.GetStatus(colo_pb2.GetStatusRequest(), timeout=5).domains
+
+
+def _report(host: str, generation: int, epoch: int) -> colo_pb2.ReportSyncPointRequest:
+    return colo_pb2.ReportSyncPointRequest(
+        domain="vm1",
+        generation=generation,
+        epoch=epoch,
+        control_id=colo_pb2.CONTROL_ID_SECONDARY_RESUMED,
+        host_id=host,
+        role=colo_pb2.ROLE_SECONDARY,
+        monotonic_ns=epoch,
+    )
+
+
+def test_reports_from_an_unknown_host_or_a_future_generation_are_refused_and_counted(
+    cluster: tuple[CoordinatorProcess, list[AgentProcess]],
+) -> None:
+    coord, _ = cluster
+    coord.stub.ProtectDomain(
+        colo_pb2.ProtectDomainRequest(spec=sim_spec("vm1", interval=30.0), primary_host="host-a"), timeout=10
+    )
+    wait_for("vm1 PROTECTED", lambda: coord.pair("vm1").state == colo_pb2.PAIR_STATE_PROTECTED, timeout=15)
+    generation = coord.pair("vm1").generation
+    bogus = [_report("host-nope", U64_MAX, 10**6 + i) for i in range(1000)]
+    resp = coord.stub.ReportSyncPoints(
+        iter(colo_pb2.ReportSyncPointsRequest(points=bogus[i : i + 250]) for i in range(0, 1000, 250)),
+        timeout=30,
+    )
+    assert (resp.accepted, resp.refused) == (0, 1000)
+    # One at a time too: a real host at a generation never issued, a stranger at the current one.
+    code, details = _refused(lambda: coord.stub.ReportSyncPoint(_report("host-b", U64_MAX, 7), timeout=5))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "never issued" in details, details
+    code, details = _refused(
+        lambda: coord.stub.ReportSyncPoint(_report("host-nope", generation, 8), timeout=5)
+    )
+    assert code == grpc.StatusCode.NOT_FOUND and "not a registered host" in details, details
+    assert coord.metric("colo_sync_reports_refused_total", reason="unknown_host") == 1001
+    assert coord.metric("colo_sync_reports_refused_total", reason="future_generation") == 1
+    events = coord.events("vm1")
+    assert not [e for e in events if e.kind == colo_pb2.EVENT_KIND_SYNC_POINT and e.host_id == "host-nope"]
+    assert not [e for e in events if e.kind == colo_pb2.EVENT_KIND_SYNC_POINT and e.generation == U64_MAX]
+    assert coord.pair("vm1").generation == generation  # nothing moved
