@@ -1,19 +1,27 @@
 """Input the control plane refuses, with real processes: a `colo coordinator`
 and two `colo agent`s for the API's bounds (docs/coordinator.md, "Input
-bounds")."""
+bounds"), and an agent's data port for a record it cannot read."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from cluster import AgentProcess
+from cluster import AgentProcess, StartAgent
+from cluster import sim_spec as agent_sim_spec
 from coordinated import CoordinatorProcess, sim_spec, start_cluster, wait_for
 
+from colo_plane import promtext
 from colo_plane._proto import colo_pb2
+from colo_plane.agent import handshake
 from colo_plane.localcluster import COLO
+from colo_plane.native import DomainType, RecordType
 
 pytestmark = pytest.mark.system
 
@@ -163,3 +171,63 @@ def test_reports_from_an_unknown_host_or_a_future_generation_are_refused_and_cou
     assert not [e for e in events if e.kind == colo_pb2.EVENT_KIND_SYNC_POINT and e.host_id == "host-nope"]
     assert not [e for e in events if e.kind == colo_pb2.EVENT_KIND_SYNC_POINT and e.generation == U64_MAX]
     assert coord.pair("vm1").generation == generation  # nothing moved
+
+
+# -- the data port -------------------------------------------------------------------------
+
+PAGES = 64
+IMAGE_HEADER = struct.pack(">QIIH", 0xFFFF_FFFF_FFFF_FFFF, 0x434F4C4F, 1, 0) + bytes(6)
+DOMAIN_HEADER = struct.pack("<IHHQ", DomainType.SIM, 12, 0, PAGES)
+TOO_LONG = struct.pack("<II", RecordType.VERIFY, 0xFFFF_FFF8)  # a record head past the 128 MiB bound
+
+
+async def _authenticated(address: str, domain: str, generation: int, secret: bytes) -> socket.socket:
+    host, port = address.rsplit(":", 1)
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    await handshake.client(sock, domain, generation, secret, timeout=5)
+    return sock
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the peer closed (EOF or reset), or None if it did not within seconds."""
+    t0 = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            sock.settimeout(max(0.001, seconds - (time.monotonic() - t0)))
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return None
+    return time.monotonic() - t0
+
+
+def test_a_bad_record_closes_the_data_connection_at_once(agents: StartAgent) -> None:
+    b = agents("host-b")
+    secret = b"k" * 32
+    b.stub.PrepareSecondary(
+        colo_pb2.PrepareSecondaryRequest(
+            domain="vm1",
+            generation=1,
+            epoch=1,
+            spec=agent_sim_spec("vm1", pages=PAGES, rate=0),
+            pair_secret=secret,
+            peer_host_id="host-a",
+        ),
+        timeout=10,
+    )
+    sock = asyncio.run(_authenticated(b.data, "vm1", 1, secret))
+    try:
+        sock.setblocking(True)
+        sock.settimeout(5)
+        assert sock.recv(40, socket.MSG_WAITALL)[:8] == IMAGE_HEADER[:8]  # the secondary's own header
+        sock.sendall(IMAGE_HEADER + DOMAIN_HEADER + TOO_LONG)
+        took = _closed_within(sock, 0.5)
+    finally:
+        sock.close()
+    assert took is not None, "the secondary kept the connection open after a record it refused"
+    metrics = [promtext.scrape(b.info["metrics"], timeout=5)]
+    assert promtext.total(metrics, "colo_stream_errors_total", code="RECORD_TOO_LONG") == 1
+    assert "record too long" in b.status("vm1").last_error
