@@ -131,8 +131,8 @@ CHECKPOINT_REQUESTS = Counter(
 )
 SYNC_REPORTS_REFUSED = Counter(
     "colo_sync_reports_refused_total",
-    "Sync-point reports refused (ReportSyncPoint calls, ReportSyncPoints messages), by reason: the "
-    "status code, lower case",
+    "Sync-point reports refused (ReportSyncPoint calls, ReportSyncPoints messages), by reason: "
+    "unknown_host, future_generation, not_pair_host, else the status code in lower case",
     ["reason"],
 )
 FAILOVERS = Counter("colo_failovers_total", "Failovers and role losses, by cause", ["cause"])

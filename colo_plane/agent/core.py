@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from colo_plane import addresses, metrics, native
+from colo_plane import spec as bounds
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink, domains, handshake, proxy
 from colo_plane.agent.flags import POLL_US
@@ -21,7 +22,7 @@ from colo_plane.agent.primary import Outcome, PrimaryLink, TestHooks
 from colo_plane.agent.replica import Armed, Replica, stats_to_proto, verify_to_proto
 from colo_plane.agent.secondary import ProtocolError
 from colo_plane.agent.syncpoints import Role, SyncSink
-from colo_plane.rpc import RpcError, check_domain, check_generation, fail, seconds
+from colo_plane.rpc import RpcError, fail, seconds
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class AgentCore:
     # -- checks ----------------------------------------------------------------
 
     def _held(self, domain: str) -> Replica:
-        replica = self.replicas.get(check_domain(domain))
+        replica = self.replicas.get(bounds.check_domain(domain))
         if replica is None:
             fail(grpc.StatusCode.NOT_FOUND, f"this agent ({self.config.host_id}) holds no domain {domain!r}")
         return replica
@@ -126,10 +127,8 @@ class AgentCore:
         """The checks PrepareSecondary and StartPrimary share: arguments, the
         generation, and the host not holding the other role.  Returns the
         secret and the replica already held, if any."""
-        check_domain(req.domain)
-        check_generation(req.generation)
+        bounds.check_role_request(req)
         secret = self._secret(req.pair_secret)
-        domains.check_spec(req.spec)
         held = self.replicas.get(req.domain)
         if held is not None:
             what = "PrepareSecondary" if role is Role.SECONDARY else "StartPrimary"
@@ -402,7 +401,7 @@ class AgentCore:
 
     async def checkpoint(self, req: colo_pb2.AgentCheckpointRequest) -> colo_pb2.AgentCheckpointResponse:
         replica = self._held(req.domain)
-        check_generation(req.generation)
+        bounds.check_generation(req.generation)
         self._not_stale(replica, req.generation, "Checkpoint")
         if req.generation > replica.generation:
             fail(
@@ -531,7 +530,7 @@ class AgentCore:
     # -- role changes --------------------------------------------------------------
 
     def _newer(self, replica: Replica, generation: int, what: str) -> None:
-        check_generation(generation)
+        bounds.check_generation(generation)
         if generation <= replica.generation:
             metrics.FENCED.labels("command").inc()
             fail(
@@ -591,7 +590,7 @@ class AgentCore:
         )
 
     async def release(self, req: colo_pb2.ReleaseRequest) -> colo_pb2.ReleaseResponse:
-        replica = self.replicas.get(check_domain(req.domain))
+        replica = self.replicas.get(bounds.check_domain(req.domain))
         if replica is None:
             return colo_pb2.ReleaseResponse(domain=req.domain, generation=req.generation, was_held=False)
         self._not_stale(replica, req.generation, "Release")

@@ -1,9 +1,11 @@
-"""Opening the domain a DomainSpec names, on this host's backend."""
+"""Opening the domain a DomainSpec names, on this host's backend, if this
+host can hold it."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import grpc
 
@@ -12,7 +14,7 @@ from colo_plane._proto import colo_pb2
 from colo_plane.rpc import fail
 
 MAX_DEFAULT_SERVICE_PAGES = 4096  # 16 MiB of key-value store: ~65k keys
-MAX_SIM_PAGES = 1 << 24
+MEMINFO = Path("/proc/meminfo")
 
 
 def host_seed(base: int, host_id: str) -> int:
@@ -24,41 +26,58 @@ def host_seed(base: int, host_id: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def check_spec(spec: colo_pb2.DomainSpec) -> None:
-    """INVALID_ARGUMENT for a spec this agent cannot run."""
-    backend = spec.WhichOneof("backend")
-    if backend == "sim":
-        sim = spec.sim
-        if not 0 < sim.pages <= MAX_SIM_PAGES:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, f"sim.pages must be 1..{MAX_SIM_PAGES}, got {sim.pages}")
-        if sim.hot_percent > 100 or sim.hot_pages > sim.pages:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, "sim hot set: hot_percent 0..100 and hot_pages <= pages")
-        if sim.service_pages and sim.service_pages >= sim.pages:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, "sim.service_pages must leave guest memory: below pages")
-        if not 0.0 <= sim.divergence_probability <= 1.0:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, "sim.divergence_probability must be within 0.0..1.0")
-    elif backend == "xen":
-        if not native.xen_built():
-            fail(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "backend xen is not built into this agent (no xenctrl.h at build time): place the domain "
-                "on a Xen host",
-            )
-        if not spec.xen.name:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, "xen.name must name the Xen domain")
-    else:
-        fail(grpc.StatusCode.INVALID_ARGUMENT, "spec must set a backend: sim or xen")
+def mem_available(meminfo: Path = MEMINFO) -> int | None:
+    """The kernel's estimate of memory free for new allocations, in bytes
+    (MemAvailable); None where it does not say."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == "MemAvailable":
+                return int(value.split()[0]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
-def open_domain(spec: colo_pb2.DomainSpec, host_id: str, *, secondary: bool) -> native.Domain:
-    """A paused domain for spec (sim: created; xen: attached)."""
-    check_spec(spec)
+def check_room(pages: int, *, meminfo: Path = MEMINFO) -> None:
+    """RESOURCE_EXHAUSTED for a sim domain this host cannot hold: its memory
+    is allocated and written in full when it opens, and a secondary's staged
+    checkpoint may grow to a second copy, so a domain may take at most half
+    of what is available."""
+    available = mem_available(meminfo)
+    need = pages * native.PAGE_SIZE
+    if available is not None and need > available // 2:
+        fail(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"a sim domain of {pages} pages needs {need >> 20} MiB and as much again for a staged "
+            f"checkpoint; this host has {available >> 20} MiB available: give it fewer pages or place "
+            "it on a host with more free memory",
+        )
+
+
+def _check_backend(spec: colo_pb2.DomainSpec) -> None:
+    if spec.WhichOneof("backend") == "xen" and not native.xen_built():
+        fail(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "backend xen is not built into this agent (no xenctrl.h at build time): place the domain "
+            "on a Xen host",
+        )
+
+
+def open_domain(
+    spec: colo_pb2.DomainSpec, host_id: str, *, secondary: bool, meminfo: Path = MEMINFO
+) -> native.Domain:
+    """A paused domain for spec (sim: created; xen: attached).  The spec's
+    bounds are checked by the caller (colo_plane.spec); this host's own
+    limits here."""
+    _check_backend(spec)
     if spec.WhichOneof("backend") == "xen":
         name = spec.xen.secondary_name if secondary and spec.xen.secondary_name else spec.xen.name
         dom = native.Domain.xen(name)
         dom.pause()
         return dom
     sim = spec.sim
+    check_room(sim.pages, meminfo=meminfo)
     service_pages = sim.service_pages or min(MAX_DEFAULT_SERVICE_PAGES, sim.pages // 4)
     return native.Domain.sim(
         pages=sim.pages,

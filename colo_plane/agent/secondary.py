@@ -3,6 +3,7 @@ run in a thread of its own: it is driven by the primary's stream."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -142,6 +143,10 @@ class SecondaryLoop:
             self._ended(f"data connection failed: {exc}", "io")
         finally:
             self.state.finished = True
+            # Nothing reads the connection any more: the primary must see it end now,
+            # not when the pair is released (the owner, Replica, closes the socket).
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
 
     def _ended(self, message: str, code: object) -> None:
         metrics.STREAM_ERRORS.labels(str(getattr(code, "name", code))).inc()

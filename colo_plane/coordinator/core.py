@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from colo_plane import addresses
+from colo_plane import spec as bounds
 from colo_plane._proto import colo_pb2
 from colo_plane.coordinator.agents import AgentRecord, AgentRegistry
 from colo_plane.coordinator.checkpoints import CheckpointDriver, CheckpointError
@@ -30,49 +31,15 @@ from colo_plane.coordinator.statemachine import (
     PairRecord,
 )
 from colo_plane.coordinator.store import Store
-from colo_plane.rpc import RpcError, check_domain, check_generation, duration, fail
+from colo_plane.rpc import RpcError, duration, fail
 
 log = logging.getLogger(__name__)
-
-MAX_SIM_PAGES = 1 << 24
-HOST_ID_MAX = 253
-CONTROL_IDS = frozenset(colo_pb2.ControlId.values())
 
 
 def _copy(pair: colo_pb2.Pair) -> colo_pb2.Pair:
     out = colo_pb2.Pair()
     out.CopyFrom(pair)
     return out
-
-
-def check_spec(spec: colo_pb2.DomainSpec) -> None:
-    check_domain(spec.domain)
-    backend = spec.WhichOneof("backend")
-    if backend == "sim":
-        sim = spec.sim
-        if not 0 < sim.pages <= MAX_SIM_PAGES:
-            fail(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"spec.sim.pages must be 1..{MAX_SIM_PAGES}, got {sim.pages}",
-            )
-        if sim.hot_percent > 100 or sim.hot_pages > sim.pages:
-            fail(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "spec.sim hot set: hot_percent 0..100 and hot_pages <= pages",
-            )
-        if not 0.0 <= sim.divergence_probability <= 1.0:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, "spec.sim.divergence_probability must be within 0.0..1.0")
-    elif backend == "xen":
-        if not spec.xen.name:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, "spec.xen.name must name the Xen domain")
-    else:
-        fail(grpc.StatusCode.INVALID_ARGUMENT, "spec must set a backend: sim or xen")
-    for name in ("checkpoint_interval", "checkpoint_timeout"):
-        d = getattr(spec, name)
-        if d.seconds < 0 or d.nanos < 0:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, f"spec.{name} must not be negative")
-    if spec.HasField("checkpoint_interval") and 0 < spec.checkpoint_interval.ToNanoseconds() < 10_000_000:
-        fail(grpc.StatusCode.INVALID_ARGUMENT, "spec.checkpoint_interval must be at least 10 ms")
 
 
 class Coordinator:
@@ -130,7 +97,7 @@ class Coordinator:
     # -- lookups ------------------------------------------------------------------------
 
     def _pair(self, domain: str) -> PairRecord:
-        rec = self.machine.pairs.get(check_domain(domain))
+        rec = self.machine.pairs.get(bounds.check_domain(domain))
         if rec is None:
             fail(
                 grpc.StatusCode.NOT_FOUND,
@@ -190,8 +157,8 @@ class Coordinator:
     # -- client side -------------------------------------------------------------------
 
     async def protect(self, req: colo_pb2.ProtectDomainRequest) -> colo_pb2.ProtectDomainResponse:
+        bounds.check_protect(req)  # the spec, and the hosts' names
         spec = req.spec
-        check_spec(spec)
         if not req.primary_host:
             fail(grpc.StatusCode.INVALID_ARGUMENT, "primary_host is required: the host that runs the domain")
         if req.primary_host == req.secondary_host:
@@ -251,6 +218,7 @@ class Coordinator:
         return colo_pb2.GetPairResponse(pair=_copy(self._pair(req.domain).pair))
 
     async def list_pairs(self, req: colo_pb2.ListPairsRequest) -> colo_pb2.ListPairsResponse:
+        bounds.check_list_pairs(req)
         states = set(req.states)
         out = []
         for domain in sorted(self.machine.pairs):
@@ -295,6 +263,7 @@ class Coordinator:
         return out
 
     async def failover(self, req: colo_pb2.FailoverRequest) -> colo_pb2.FailoverResponse:
+        bounds.check_failover(req)
         rec = self._pair(req.domain)
         if req.new_secondary_host:
             agent = self._agent(req.new_secondary_host, "new secondary host")
@@ -320,7 +289,7 @@ class Coordinator:
         return colo_pb2.FailoverResponse(pair=pair)
 
     async def drain(self, req: colo_pb2.DrainHostRequest) -> colo_pb2.DrainHostResponse:
-        agent = self._agent(req.host_id, "host")
+        agent = self._agent(bounds.check_host(req.host_id, field="host_id"), "host")
         if agent.info.draining != (not req.cancel):
             agent.info.draining = not req.cancel
             self.store.save_agent(agent.info)
@@ -417,8 +386,7 @@ class Coordinator:
         return colo_pb2.ListAgentsResponse(agents=out)
 
     async def watch(self, req: colo_pb2.WatchEventsRequest) -> AsyncIterator[colo_pb2.Event]:
-        if req.domain:
-            check_domain(req.domain)
+        bounds.check_watch(req)
         async for event in self.bus.watch(
             domain=req.domain, kinds=req.kinds, history=req.history, after_sequence=req.after_sequence
         ):
@@ -446,12 +414,7 @@ class Coordinator:
         return out
 
     async def register_agent(self, req: colo_pb2.RegisterAgentRequest) -> colo_pb2.RegisterAgentResponse:
-        if not req.host_id or len(req.host_id) > HOST_ID_MAX or any(c.isspace() for c in req.host_id):
-            fail(grpc.StatusCode.INVALID_ARGUMENT, "host_id must be a non-empty name without spaces")
-        if not req.incarnation:
-            fail(
-                grpc.StatusCode.INVALID_ARGUMENT, "incarnation is required (a random id drawn at agent start)"
-            )
+        bounds.check_registration(req)
         for name in ("grpc_address", "data_address"):
             try:
                 addresses.parse(getattr(req, name))
@@ -506,6 +469,7 @@ class Coordinator:
         )
 
     async def heartbeat(self, req: colo_pb2.HeartbeatRequest) -> colo_pb2.HeartbeatResponse:
+        bounds.check_host(req.host_id, field="host_id")
         out = colo_pb2.HeartbeatResponse(
             heartbeat_interval=duration(self.settings.heartbeat_interval),
             heartbeat_timeout=duration(self.settings.heartbeat_timeout),
@@ -545,6 +509,7 @@ class Coordinator:
         self, req: colo_pb2.RequestCheckpointRequest
     ) -> colo_pb2.RequestCheckpointResponse:
         rec = self._pair(req.domain)
+        bounds.check_request_checkpoint(req)
         if req.host_id != rec.pair.primary_host:
             fail(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -580,17 +545,37 @@ class Coordinator:
         self, req: colo_pb2.ReportSyncPointRequest
     ) -> colo_pb2.ReportSyncPointResponse:
         rec = self._pair(req.domain)
-        check_generation(req.generation)
-        if req.control_id not in CONTROL_IDS:
+        bounds.check_report(req)
+        if self.registry.get(req.host_id) is None:
             fail(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"control_id {req.control_id} is not a sync point (0..{max(CONTROL_IDS)}): fix the reporter",
+                grpc.StatusCode.NOT_FOUND,
+                f"sync point of {rec.domain} from {req.host_id!r}, which is not a registered host: only "
+                "the agents of the pair report its sync points (`colo agents` lists them)",
+                reason="unknown_host",
             )
         if req.generation < rec.generation:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"sync point of {rec.domain} at generation {req.generation}, superseded by {rec.generation}: "
                 "the reporter has been fenced and must stand down",
+            )
+        if req.generation > rec.generation:
+            # Nothing the coordinator handed out: a confused agent, or a store restored from an
+            # older copy. Either way the report cannot stand for this pair's state.
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"sync point of {rec.domain} at generation {req.generation}, which the coordinator never "
+                f"issued (the pair is at {rec.generation}): release the domain on {req.host_id} "
+                "(colo unprotect, then protect again)",
+                reason="future_generation",
+            )
+        if rec.state != STOPPED and req.host_id not in rec.hosts():
+            fail(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{req.host_id} holds no role in {rec.domain} at generation {rec.generation} (primary "
+                f"{rec.pair.primary_host or 'none'}, secondary {rec.pair.secondary_host or 'none'}): only "
+                "the pair's agents report its sync points",
+                reason="not_pair_host",
             )
         self.machine.emit(
             rec,

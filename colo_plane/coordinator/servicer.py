@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _refused(code: grpc.StatusCode) -> Counter:
-    return metrics.SYNC_REPORTS_REFUSED.labels(code.name.lower())
+def _refused(reason: str) -> Counter:
+    return metrics.SYNC_REPORTS_REFUSED.labels(reason)
 
 
 def _control_name(control_id: int) -> str:
@@ -133,7 +133,7 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
         try:
             return await self.core.report_sync_point(request)
         except RpcError as exc:
-            _refused(exc.code).inc()
+            _refused(exc.reason).inc()
             raise
 
     async def ReportSyncPoints(
@@ -149,7 +149,7 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
                     except RpcError as exc:
                         # One refused report must not end the stream: the ones after it are good.
                         out.refused += 1
-                        _refused(exc.code).inc()
+                        _refused(exc.reason).inc()
                         log.warning(
                             "refused sync point %s of %r (generation %d, epoch %d) from %s: %s: %s",
                             _control_name(req.control_id),

@@ -55,6 +55,8 @@ def _batch(*points: colo_pb2.ReportSyncPointRequest) -> colo_pb2.ReportSyncPoint
 async def _coordinator(tmp: Path) -> Running:
     """A coordinator with one pair, vm1, at generation 3 (protected, dropped, protected again)."""
     running = await coordinator_server.start(str(tmp / "c.db"), "127.0.0.1:0", Settings())
+    for host in ("host-a", "host-b"):  # reports come only from registered hosts
+        running.core.registry.register(colo_pb2.RegisterAgentRequest(host_id=host, incarnation="i1"))
     machine = running.core.machine
     rec = machine.create(colo_pb2.DomainSpec(domain="vm1", sim=colo_pb2.SimDomainSpec(pages=64)), "host-a")
     machine.start_syncing(rec, "host-b", b"s" * 32, why="test")
