@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,32 +21,55 @@ from colo_plane import addresses, loadgen, promtext
 pytestmark = pytest.mark.system
 
 CLIENTS = 4  # the well-behaved ones, one request at a time each
-ROUNDS = 3  # pairs of rounds, with and without the pipelining client, alternating
-ROUND_SECONDS = 2.0
+# Slices without and with the pipelining client, alternating (without first
+# and last), each "with" compared with the two around it.  On a shared
+# 2-core machine one second's throughput can be half the next one's: many
+# short slices, and the median of their ratios.
+PIPELINED_SLICES = 12
+SLICE_SECONDS = 0.6
+SETTLE_SECONDS = 3.0  # at most, for the pipeliner to be blocked before a slice
 MAX_GROWTH_MB = 40.0
 MIN_RATIO = 0.8
-BIG = "x" * 190  # GET big: a 199-byte reply to an 8-byte request
+BIG = "x" * 190  # GET big: a 197-byte reply to an 8-byte request
 
-# Runs in a process of its own (so its CPU does not share the test's GIL):
-# connects, says so, then writes GETs as fast as the proxy takes them and
-# never reads; stops and prints what it sent when its stdin closes.
+# Runs in a process of its own (its CPU does not share the test's GIL).  On
+# "open" it connects and writes GETs as fast as the proxy takes them, never
+# reading; it says "blocked" once the socket took nothing for 0.2 s.  On
+# "close" it closes that connection and says how many bytes it sent.
+# Small socket buffers: the kernel holds a little of what it does not read
+# (on loopback they grow to megabytes), so it is blocked in milliseconds.
 PIPELINER = r"""
-import select, socket, sys
+import select, socket, sys, time
 host, port = sys.argv[1], int(sys.argv[2])
-s = socket.create_connection((host, port))
-s.setblocking(False)
-print("connected", flush=True)
-batch, sent = b"GET big\n" * 8192, 0
+batch = b"GET big\n" * 8192
+s, sent, last, blocked = None, 0, 0.0, False
 while True:
-    readable, writable, _ = select.select([sys.stdin], [s], [], 0.05)
+    readable, writable, _ = select.select([sys.stdin], [s] if s else [], [], 0.05)
     if readable:
-        break
+        command = sys.stdin.readline().strip()
+        if command == "open":
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            s.connect((host, port))
+            s.setblocking(False)
+            sent, last, blocked = 0, time.monotonic(), False
+        elif command == "close":
+            s.close()
+            s = None
+            print(sent, flush=True)
+        else:
+            break
+        continue
     if writable:
         try:
             sent += s.send(batch)
+            last = time.monotonic()
         except BlockingIOError:
             pass
-print(sent, flush=True)
+    if s and not blocked and time.monotonic() - last > 0.2:
+        blocked = True
+        print("blocked", flush=True)
 """
 
 
@@ -75,29 +99,114 @@ class RssWatch:
         self._thread.join()
 
 
-async def _ops_per_second(address: str, seconds: float) -> float:
-    """CLIENTS loadgen connections, each SET then GET of its own keys, one
-    request at a time, for seconds: the ops per second they got."""
-    resolve = loadgen.resolver(None, None, address)
-    ledger = loadgen.Ledger()
-    start = time.monotonic()
-    until = start + seconds
+class Clients:
+    """CLIENTS loadgen connections in a thread of their own, each SET then
+    GET of its own keys, one request at a time, until close(); ops counts
+    their replies so far."""
 
-    async def one(index: int) -> None:
-        conn = loadgen.Connection(resolve, ledger)
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.ops = 0
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # the test thread reports it
+            self.failure = exc
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(self._one(i) for i in range(CLIENTS)))
+
+    async def _one(self, index: int) -> None:
+        conn = loadgen.Connection(loadgen.resolver(None, None, self.address), loadgen.Ledger())
         n = 0
         try:
-            while time.monotonic() < until:
+            while not self._stop.is_set():
                 n += 1
                 key = f"bp{index}-{n % 64}"  # a few keys again and again: the store does not fill
                 assert await conn.call(f"SET {key} {n}") == b"OK\n"
                 assert await conn.call(f"GET {key}") == f"VALUE {n}\n".encode()
-                ledger.ops += 2
+                self.ops += 2
         finally:
             conn.close()
 
-    await asyncio.gather(*(one(i) for i in range(CLIENTS)))
-    return ledger.ops / (time.monotonic() - start)
+    def rate(self, seconds: float) -> float:
+        """Their ops per second over the next seconds."""
+        start, t0 = self.ops, time.monotonic()
+        time.sleep(seconds)
+        return (self.ops - start) / (time.monotonic() - t0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self.failure is not None:
+            raise self.failure
+
+
+class Pipeliner:
+    def __init__(self, address: str) -> None:
+        host, port = addresses.parse(address)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PIPELINER, host, str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.stdout:
+            with self._cond:
+                self._lines.append(line.strip())
+                self._cond.notify_all()
+
+    def _next(self, timeout: float) -> str | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._lines, timeout)
+            return self._lines.pop(0) if self._lines else None
+
+    def _command(self, line: str) -> None:
+        self.stdin.write(line + "\n")
+        self.stdin.flush()
+
+    def open(self) -> None:
+        """A new connection that pipelines and never reads; returns once it
+        is blocked, or after SETTLE_SECONDS of a proxy that reads on and on."""
+        self._command("open")
+        assert self._next(SETTLE_SECONDS) in ("blocked", None)
+
+    def close_connection(self) -> int:
+        """Closes it; the bytes it got the proxy to take."""
+        self._command("close")
+        while (line := self._next(10)) == "blocked":
+            pass  # a late one: it blocked after open() stopped waiting
+        assert line is not None
+        return int(line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self._command("quit")
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def pipeliner_factory() -> Iterator[list[Pipeliner]]:
+    started: list[Pipeliner] = []
+    yield started
+    for p in started:
+        p.stop()
 
 
 def call(address: str, line: str) -> bytes:
@@ -113,77 +222,57 @@ def call(address: str, line: str) -> bytes:
     return asyncio.run(run())
 
 
-def ops_per_second(address: str, seconds: float) -> float:
-    return asyncio.run(_ops_per_second(address, seconds))
-
-
-def pipelined_round(address: str, seconds: float) -> tuple[float, int]:
-    """A round with the pipelining client on: the others' ops/s, and the
-    bytes the pipeliner got the proxy to take."""
-    host, port = addresses.parse(address)
-    pipeliner = subprocess.Popen(
-        [sys.executable, "-c", PIPELINER, host, str(port)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert pipeliner.stdout is not None and pipeliner.stdin is not None
-        assert pipeliner.stdout.readline() == b"connected\n"
-        time.sleep(0.2)  # it is well under way before the others are measured
-        ops = ops_per_second(address, seconds)
-        pipeliner.stdin.close()
-        sent = int(pipeliner.stdout.readline())
-        pipeliner.wait(10)
-        return ops, sent
-    finally:
-        if pipeliner.poll() is None:
-            pipeliner.kill()
-            pipeliner.wait()
-
-
 def metric(agent: AgentProcess, name: str) -> float:
     return promtext.total([promtext.scrape(agent.info["metrics"], timeout=5)], name)
 
 
-def test_a_client_that_never_reads_is_paused_alone(agents: StartAgent) -> None:
+def test_a_client_that_never_reads_is_paused_alone(
+    agents: StartAgent, pipeliner_factory: list[Pipeliner]
+) -> None:
     a, b = agents("host-a"), agents("host-b")
     boot = protect(a, b, sim_spec("vm1", pages=2048, rate=0, divergence=0.0, verify=False))
     address = boot.service_address
     assert call(address, f"SET big {BIG}") == b"OK\n"
-    ops_per_second(address, 0.5)  # warm-up: connections, caches, the secondary's path
-    rss_before = rss_mb(a.proc.pid)
-    watch = RssWatch(a.proc.pid)
-    baseline: list[float] = []
+    pipeliner = Pipeliner(address)
+    pipeliner_factory.append(pipeliner)
+    clients = Clients(address)
+    without: list[float] = []
     pipelined: list[float] = []
     sent: list[int] = []
     try:
-        for i in range(ROUNDS):
-            # Alternate which goes first, so a drift of the machine's load favours neither.
-            for with_pipeliner in (i % 2 == 0, i % 2 == 1):
-                if with_pipeliner:
-                    ops, n = pipelined_round(address, ROUND_SECONDS)
-                    pipelined.append(ops)
-                    sent.append(n)
-                else:
-                    baseline.append(ops_per_second(address, ROUND_SECONDS))
+        clients.rate(0.5)  # warm-up: connections, caches, the secondary's path
+        rss_before = rss_mb(a.proc.pid)
+        watch = RssWatch(a.proc.pid)
+        try:
+            without.append(clients.rate(SLICE_SECONDS))
+            for _ in range(PIPELINED_SLICES):
+                pipeliner.open()
+                pipelined.append(clients.rate(SLICE_SECONDS))
+                sent.append(pipeliner.close_connection())
+                without.append(clients.rate(SLICE_SECONDS))
+        finally:
+            watch.close()
     finally:
-        watch.close()
+        clients.close()
     growth = watch.peak - rss_before
-    ratios = [p / q for p, q in zip(pipelined, baseline, strict=True)]
+    # Each slice with the pipeliner against the mean of the two around it: a
+    # drift of the machine's load favours neither.
+    ratios = [p / ((without[i] + without[i + 1]) / 2) for i, p in enumerate(pipelined)]
     figures = (
         f"primary RSS {rss_before:.0f} MB -> peak {watch.peak:.0f} MB (+{growth:.0f} MB); "
-        f"others' ops/s without {[round(x) for x in baseline]}, with {[round(x) for x in pipelined]}, "
-        f"median ratio {statistics.median(ratios):.2f}; pipeliner sent {[n // 1024 for n in sent]} KiB"
+        f"others' ops/s without {[round(x) for x in without]}, with {[round(x) for x in pipelined]}; "
+        f"ratios {[round(r, 2) for r in sorted(ratios)]}, median {statistics.median(ratios):.2f}; "
+        f"pipeliner sent {[n // 1024 for n in sent]} KiB"
     )
     print(figures)
     assert growth < MAX_GROWTH_MB, figures
     assert statistics.median(ratios) >= MIN_RATIO, figures
-    # Each pipeliner was paused at least once; the gauges come back to 0
-    # once it left (the agent refreshes its metrics twice a second).
+    # Each pipelining connection was paused at least once; the gauge is back
+    # to 0 once it left (the agent refreshes its metrics twice a second).
     deadline = time.monotonic() + 5
     while metric(a, "colo_proxy_clients_paused") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert metric(a, "colo_proxy_backpressure_total") >= ROUNDS, figures
+    assert metric(a, "colo_proxy_backpressure_total") >= PIPELINED_SLICES, figures
     assert metric(a, "colo_proxy_clients_paused") == 0
     # Still served, and its reply is the one it asked for.
     assert call(address, "GET big") == f"VALUE {BIG}\n".encode()
