@@ -897,10 +897,12 @@ class Proxy:
         ms = round(reply_timeout * 1000)
         if not 0 < ms < 2**32:
             raise ValueError(f"reply timeout must be positive, got {reply_timeout}")
-        if not isinstance(output_max, int) or isinstance(output_max, bool) or not (
-            PROXY_OUTPUT_MIN <= output_max < 2**32
+        if (
+            not isinstance(output_max, int)
+            or isinstance(output_max, bool)
+            or not (PROXY_OUTPUT_MIN <= output_max < 2**32)
         ):
-            raise ValueError(f"output bound must be {PROXY_OUTPUT_MIN}..{2**32 - 1} bytes, got {output_max!r}")
+            raise ValueError(f"output bound must be {PROXY_OUTPUT_MIN} bytes to below 4 GiB, got {output_max!r}")
         out = ffi.new("colo_proxy **")
         fd = listener.fileno()
         _check(lib.colo_proxy_new(dom._p(), fd, ms, _poll_us(poll_us), output_max, out))

@@ -8,7 +8,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -445,10 +445,10 @@ def _read_lines(sock: socket.socket, count: int, timeout: float = 10.0) -> list[
     return buf.split(b"\n")[:count]
 
 
-def _until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+def _until_paused(p: Proxy, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
+    while p.stats().clients_paused != 1:
+        assert time.monotonic() < deadline, f"no client paused: {p.stats()}"
         time.sleep(0.01)
 
 
@@ -473,7 +473,7 @@ def test_a_client_that_does_not_read_is_paused_alone_and_loses_nothing(
     n = 20_000  # about 4 MB of replies, 250 times the bound
     slow = _slow_client(address)
     sending = _sender(slow, b"".join(f"GET b{i % 50}\n".encode() for i in range(n)))
-    _until(lambda: p.stats().clients_paused == 1)
+    _until_paused(p)
     served = p.stats().requests
     time.sleep(0.3)
     st = p.stats()
@@ -503,7 +503,7 @@ def test_replies_held_for_the_secondary_count_toward_the_bound(
     c = client(address)
     n = 2000
     sending = _sender(c, b"".join(f"GET b{i % 50}\n".encode() for i in range(n)))
-    _until(lambda: p.stats().clients_paused == 1)
+    _until_paused(p)
     forwarded = p.stats().last_seq - len(VALUES)
     assert forwarded == -(-BOUND // REPLY)  # served until the held replies reached the bound
     assert nothing_arrives(c)  # all held
