@@ -902,7 +902,7 @@ class Proxy:
             or isinstance(output_max, bool)
             or not (PROXY_OUTPUT_MIN <= output_max < 2**32)
         ):
-            raise ValueError(f"output bound must be {PROXY_OUTPUT_MIN} bytes to below 4 GiB, got {output_max!r}")
+            raise ValueError(f"output bound must be {PROXY_OUTPUT_MIN} B to under 4 GiB, got {output_max!r}")
         out = ffi.new("colo_proxy **")
         fd = listener.fileno()
         _check(lib.colo_proxy_new(dom._p(), fd, ms, _poll_us(poll_us), output_max, out))
