@@ -90,6 +90,16 @@ DIVERGENCES = Counter(
     "Replies of primary and secondary that differed, or the secondary's missing",
     ["kind"],
 )
+PROXY_BACKPRESSURE = Counter(
+    "colo_proxy_backpressure_total",
+    "Times the COLO proxy stopped reading a client whose unsent replies reached the bound",
+)
+PROXY_CLIENTS_PAUSED = Gauge(
+    "colo_proxy_clients_paused", "Proxy clients not read now: their unsent replies reached the bound"
+)
+PROXY_OUTPUT_BYTES = Gauge(
+    "colo_proxy_output_bytes", "Reply bytes the proxy owes its clients and no socket took yet (held ones too)"
+)
 DOMAINS_HELD = Gauge("colo_agent_domains", "Domains this agent holds", ["role"])
 
 # ---- gRPC servers (both daemons; names as go-grpc-prometheus) -------------------

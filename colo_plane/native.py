@@ -824,6 +824,8 @@ def secondary_checkpoint(
 
 
 MAX_POLL_US: Final = 10_000
+PROXY_OUTPUT_MAX: Final = int(lib.COLO_PROXY_OUTPUT_MAX)  # a client's unsent output, by default
+PROXY_OUTPUT_MIN: Final = int(lib.COLO_PROXY_OUTPUT_MIN)
 
 
 def _poll_us(value: int) -> int:
@@ -854,15 +856,18 @@ class ProxyEvent:
 
 @dataclass(frozen=True)
 class ProxyStats:
-    requests: int
-    held: int
-    mismatches: int
-    timeouts: int
-    clients: int
-    clients_refused: int
-    last_seq: int
-    covered: int
-    events_lost: int
+    requests: int = 0
+    held: int = 0
+    mismatches: int = 0
+    timeouts: int = 0
+    clients: int = 0
+    clients_refused: int = 0
+    last_seq: int = 0
+    covered: int = 0
+    events_lost: int = 0
+    backpressure: int = 0  # times a client was paused: its unsent output reached the bound
+    clients_paused: int = 0  # now
+    output_bytes: int = 0  # reply bytes owed to clients now, written to no socket yet
 
 
 class ArmWhy(enum.IntEnum):
@@ -884,19 +889,33 @@ class ArmResult:
 class Proxy:
     """The primary's COLO proxy (native/proxy.c): a C thread serves the
     clients of listener with dom's guest service and compares replies with
-    the secondary's.  It takes the sockets over; close() stops it."""
+    the secondary's.  It takes the sockets over; close() stops it.  A client
+    whose unsent output reaches output_max bytes is read no further until it
+    has read half of it (docs/proxy.md)."""
 
     __slots__ = ("_dom", "_events", "_ptr")
 
     def __init__(
-        self, dom: Domain, listener: socket.socket, reply_timeout: float, *, poll_us: int = 0
+        self,
+        dom: Domain,
+        listener: socket.socket,
+        reply_timeout: float,
+        *,
+        poll_us: int = 0,
+        output_max: int = PROXY_OUTPUT_MAX,
     ) -> None:
         ms = round(reply_timeout * 1000)
         if not 0 < ms < 2**32:
             raise ValueError(f"reply timeout must be positive, got {reply_timeout}")
+        if (
+            not isinstance(output_max, int)
+            or isinstance(output_max, bool)
+            or not (PROXY_OUTPUT_MIN <= output_max < 2**32)
+        ):
+            raise ValueError(f"output bound must be {PROXY_OUTPUT_MIN} B to under 4 GiB, got {output_max!r}")
         out = ffi.new("colo_proxy **")
         fd = listener.fileno()
-        _check(lib.colo_proxy_new(dom._p(), fd, ms, _poll_us(poll_us), out))
+        _check(lib.colo_proxy_new(dom._p(), fd, ms, _poll_us(poll_us), output_max, out))
         listener.detach()  # the proxy owns it now
         self._dom = dom  # the guest must outlive the thread serving it
         self._ptr: Any = out[0]

@@ -300,7 +300,17 @@ void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
  * checkpoint whose state includes a request releases it
  * (colo_proxy_checkpoint_done).  Replies leave each connection in request
  * order.  Events are queued; event_fd (an eventfd) becomes readable when the
- * queue gets its first one.  The proxy owns every fd handed to it. */
+ * queue gets its first one.  The proxy owns every fd handed to it.
+ *
+ * Backpressure: a client's unsent output (replies written to no socket yet,
+ * held ones included) is bounded by output_max bytes.  Past it the proxy
+ * stops reading that client, and serving the lines it already sent, until
+ * it has read its replies down to half the bound; other clients go on.
+ * Held replies are never dropped: not reading is what bounds them. */
+
+/* Default output_max: 256 KiB, about 1300 replies of 200 bytes. */
+#define COLO_PROXY_OUTPUT_MAX 262144
+#define COLO_PROXY_OUTPUT_MIN 4096
 
 typedef struct colo_proxy colo_proxy;
 
@@ -336,14 +346,18 @@ struct colo_proxy_stats {
     uint64_t last_seq;       /* the last request's sequence number */
     uint64_t covered;        /* highest seq a resumed checkpoint includes */
     uint64_t events_lost;    /* events that found no memory (ask for a checkpoint anyway) */
+    uint64_t backpressure;   /* times a client was paused: its unsent output reached output_max */
+    uint64_t clients_paused; /* clients paused now */
+    uint64_t output_bytes;   /* reply bytes owed to clients now, written to no socket yet */
 };
 
 /* poll_us: after handling events the thread polls this long before it
  * sleeps (yielding the CPU between polls).  A request then finds it awake:
  * on a host whose CPUs idle between requests, each wake-up from sleep costs
- * more than the request itself.  0: always sleep. */
+ * more than the request itself.  0: always sleep.  output_max: the bound on
+ * each client's unsent output, at least COLO_PROXY_OUTPUT_MIN. */
 int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, uint32_t poll_us,
-                   colo_proxy **out);
+                   uint32_t output_max, colo_proxy **out);
 /* Stops the thread and closes every fd (clients, link, listener). */
 void colo_proxy_free(colo_proxy *p);
 int colo_proxy_event_fd(const colo_proxy *p);
@@ -389,7 +403,9 @@ void colo_proxy_disarm(colo_proxy *p, uint64_t token);
  * secondary guest in order and frames each reply back; a request the guest
  * already has (a checkpoint carried it: COLO_E_DUPLICATE) is skipped.  When
  * the link ends, done_fd (an eventfd) becomes readable and
- * colo_mirror_result says why. */
+ * colo_mirror_result says why.  Past 1 MiB of replies the primary has not
+ * taken yet, it stops reading requests until they leave (the primary in
+ * turn stops serving past 1 MiB of requests the link has not taken). */
 
 typedef struct colo_mirror colo_mirror;
 

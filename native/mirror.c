@@ -2,7 +2,9 @@
  * contract): a thread reads the primary's framed requests, runs them on the
  * secondary guest in the primary's order and frames each reply back.  The
  * guest itself refuses a request a checkpoint already carried
- * (COLO_E_DUPLICATE), under its vCPU lock, so none runs twice. */
+ * (COLO_E_DUPLICATE), under its vCPU lock, so none runs twice.  Replies the
+ * primary has not taken are bounded (OUT_MAX): past that it reads no more
+ * requests, and TCP holds the primary back in turn. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -17,6 +19,8 @@
 #include <unistd.h>
 
 #include "internal.h"
+
+#define OUT_MAX (1024 * 1024) /* reply bytes queued for the primary before requests wait */
 
 struct colo_mirror {
     pthread_mutex_t mu;        /* guards finished, result and detail */
@@ -100,38 +104,45 @@ static int serve(struct colo_mirror *m, uint64_t seq, const uint8_t *line, uint3
     }
 }
 
-/* Every whole frame that has arrived, answered into out. */
-static int answer(struct colo_mirror *m)
+static int out_full(const struct colo_mirror *m) { return m->out.len - m->out.off >= OUT_MAX; }
+
+/* The whole frames that have arrived, answered into out while it has room;
+ * *more = 1 when some wait for room. */
+static int answer(struct colo_mirror *m, int *more)
 {
     uint8_t reply[COLO_PX_REPLY_MAX];
     uint64_t seq, len;
     const uint8_t *line;
     uint32_t n;
     int have, rc;
-    while ((rc = colo_frame_next(&m->in, &have, &seq, &line, &n)) == COLO_OK && have) {
+    while (!(*more = out_full(m))) {
+        if ((rc = colo_frame_next(&m->in, &have, &seq, &line, &n)) != COLO_OK || !have)
+            return rc;
         if ((rc = serve(m, seq, line, n, reply, &len)) != COLO_OK)
             return rc;
         if (len && (rc = colo_bytes_frame(&m->out, seq, reply, (uint32_t)len)) != COLO_OK)
             return rc;
     }
-    return rc;
+    return COLO_OK;
 }
 
+/* Answer what was read, write what the link takes, then wait: for input
+ * while out has room, for the link to take more while out holds bytes. */
 static int loop(struct colo_mirror *m)
 {
     for (;;) {
-        short revents;
+        short revents, want;
         size_t got;
-        int rc;
-        if (wait_busy(m, POLLIN | (m->out.off < m->out.len ? POLLOUT : 0), &revents))
+        int more, rc;
+        if ((rc = answer(m, &more)) != COLO_OK || (rc = colo_bytes_send(&m->out, m->link_fd)) != COLO_OK)
+            return rc;
+        if (more && !out_full(m))
+            continue;  /* the link took some: answer the frames that waited */
+        want = (short)((out_full(m) ? 0 : POLLIN) | (m->out.off < m->out.len ? POLLOUT : 0));
+        if (wait_busy(m, want, &revents))
             return COLO_OK;
-        if (revents & (POLLIN | POLLERR | POLLHUP)) {
-            if ((rc = colo_bytes_recv(&m->in, m->link_fd, COLO_PX_READ_CHUNK, &got)) != COLO_OK)
-                return rc;
-            if ((rc = answer(m)) != COLO_OK)
-                return rc;
-        }
-        if ((rc = colo_bytes_send(&m->out, m->link_fd)) != COLO_OK)
+        if ((want & POLLIN) && (revents & (POLLIN | POLLERR | POLLHUP)) &&
+            (rc = colo_bytes_recv(&m->in, m->link_fd, COLO_PX_READ_CHUNK, &got)) != COLO_OK)
             return rc;
     }
 }

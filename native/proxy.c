@@ -4,7 +4,9 @@
  * holds while it works, so the state below is only ever touched by one
  * side at a time.  Each request gets a slot of a ring indexed by its seq:
  * live requests are (lo, last_seq], at most RING of them (past that the
- * proxy stops reading clients until the oldest is answered). */
+ * proxy stops reading clients until the oldest is answered).  Each client's
+ * unsent output (its replies not yet written, held ones too) is bounded by
+ * output_max: past it that client alone is read no further until it reads. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -25,6 +27,7 @@
 
 #define RING 4096u                 /* live requests at most (a power of two) */
 #define CLIENT_BACKLOG (64 * 1024) /* unread request bytes a client may queue */
+#define LINK_OUT_MAX (1024 * 1024) /* requests for the secondary not yet taken by the link */
 #define MAX_CLIENTS 4096
 #define TOO_LONG "ERROR request line longer than 512 bytes\n"
 
@@ -50,7 +53,9 @@ struct conn {
     int eof;                   /* the client shut its side: close once answered */
     int dead;                  /* closed at the next reap */
     int queued;                /* on the send list */
+    int paused;                /* output backed up: neither read nor served until it drains */
     uint32_t watching;         /* epoll events now */
+    size_t owed;               /* reply bytes of head..tail, not yet in out */
     struct colo_bytes in, out;
     struct entry *head, *tail; /* replies not yet written, in request order */
     struct conn *prev, *next;  /* every client */
@@ -76,6 +81,8 @@ struct colo_proxy {
     int stalled;               /* some client waits for the guest or for ring room */
     int retry_due;             /* the retry timer fired or the ring got room */
     int retry_armed;
+    int link_stalled;          /* clients wait for the link to take LINK_OUT_MAX */
+    size_t output_max;         /* a client's unsent output at most (colo.h) */
     uint64_t lo;
     struct entry *ring;
     struct conn *conns, *send_list;
@@ -116,6 +123,15 @@ static void drain_fd(int fd)
     uint64_t v;
     while (read(fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
         ;
+}
+
+/* The loop comes round at once. */
+static void wake(struct colo_proxy *p)
+{
+    uint64_t one = 1;
+    if (write(p->wake_fd, &one, sizeof(one)) < 0) {
+        /* an eventfd only fails when its counter is full: the loop is awake anyway */
+    }
 }
 
 static void nodelay(int fd)
@@ -194,6 +210,7 @@ static void conn_flush(struct colo_proxy *p, struct conn *c)
     while ((e = c->head) != NULL && (e->flags & F_RELEASABLE)) {
         if (!c->dead && colo_bytes_append(&c->out, e->reply, e->reply_len) != COLO_OK)
             c->dead = 1;
+        c->owed -= e->reply_len;
         c->head = e->next;
         free_entry(p, e);
     }
@@ -249,6 +266,7 @@ static int serve_line(struct colo_proxy *p, struct conn *c, const uint8_t *line,
     else
         c->head = e;
     c->tail = e;
+    c->owed += e->reply_len;
     if (p->unprotected) {
         releasable(p, e);
     } else if (p->link_fd >= 0) {
@@ -266,18 +284,55 @@ static int serve_line(struct colo_proxy *p, struct conn *c, const uint8_t *line,
 
 static void conn_refuse(struct colo_proxy *p, struct conn *c)
 {
-    colo_bytes_append(&c->out, TOO_LONG, strlen(TOO_LONG));
+    if (colo_bytes_append(&c->out, TOO_LONG, strlen(TOO_LONG)) != COLO_OK)
+        c->dead = 1;  /* no memory even for the refusal: just close */
     c->in.off = c->in.len;
     c->eof = 1;
     p->st.clients_refused++;
     queue_send(p, c);
 }
 
-/* Serves the whole lines the client sent, in order, while the guest runs
- * and the ring has room. */
+/* Replies the client is owed and no socket took yet: held, waiting for the
+ * secondary, or queued in out. */
+static size_t conn_backlog(const struct conn *c) { return c->owed + (c->out.len - c->out.off); }
+
+/* Pauses the client once its backlog reaches output_max.  Each served line
+ * adds at most COLO_PX_REPLY_MAX, so the backlog stays under output_max +
+ * COLO_PX_REPLY_MAX: held replies are bounded by not serving more, never
+ * by dropping any. */
+static int conn_full(struct colo_proxy *p, struct conn *c)
+{
+    if (!c->paused && conn_backlog(c) >= p->output_max) {
+        c->paused = 1;
+        p->st.backpressure++;
+    }
+    return c->paused;
+}
+
+/* A paused client goes on once it read half its backlog (not a pause and a
+ * resume at every reply of a slow reader).  Only settle_clients resumes
+ * one, after its last write, and serves the lines waiting at once: nothing
+ * else may wake the loop for them. */
+static int conn_resumable(const struct colo_proxy *p, const struct conn *c)
+{
+    return c->paused && !c->dead && conn_backlog(c) <= p->output_max / 2;
+}
+
+/* The link to the secondary took too little of what it was given: serve
+ * nobody until it drains (the secondary is behind for every client). */
+static int link_backed_up(struct colo_proxy *p)
+{
+    if (p->unprotected || p->link_fd < 0 || p->link_out.len - p->link_out.off < LINK_OUT_MAX)
+        return 0;
+    p->link_stalled = 1;
+    return 1;
+}
+
+/* Serves the whole lines the client sent, in order, while the guest runs,
+ * the ring and the link have room and the client reads its replies. */
 static void conn_lines(struct colo_proxy *p, struct conn *c)
 {
-    while (!c->dead && c->in.off < c->in.len) {
+    while (!c->dead && c->in.off < c->in.len && !conn_full(p, c)) {
         uint8_t *start = c->in.data + c->in.off;
         size_t avail = c->in.len - c->in.off;
         uint8_t *nl = memchr(start, '\n', avail);
@@ -294,7 +349,8 @@ static void conn_lines(struct colo_proxy *p, struct conn *c)
             conn_refuse(p, c);
             return;
         }
-        if (p->st.last_seq - p->lo >= RING || serve_line(p, c, start, (uint32_t)len) == COLO_E_PAUSED) {
+        if (p->st.last_seq - p->lo >= RING || link_backed_up(p) ||
+            serve_line(p, c, start, (uint32_t)len) == COLO_E_PAUSED) {
             p->stalled = 1;
             return;
         }
@@ -302,10 +358,16 @@ static void conn_lines(struct colo_proxy *p, struct conn *c)
     }
 }
 
+/* Whether to read more of the client: not past its input or output bound. */
+static int conn_wants_input(const struct conn *c)
+{
+    return !c->eof && c->in.len - c->in.off < CLIENT_BACKLOG && !c->paused;
+}
+
 static void conn_watch(struct colo_proxy *p, struct conn *c)
 {
     uint32_t want = 0;
-    if (!c->eof && c->in.len - c->in.off < CLIENT_BACKLOG)
+    if (conn_wants_input(c))
         want |= EPOLLIN;
     if (c->out.off < c->out.len)
         want |= EPOLLOUT;
@@ -315,7 +377,10 @@ static void conn_watch(struct colo_proxy *p, struct conn *c)
 static void conn_readable(struct colo_proxy *p, struct conn *c)
 {
     size_t got;
-    int rc = colo_bytes_recv(&c->in, c->fd, COLO_PX_READ_CHUNK, &got);
+    int rc;
+    if (!conn_wants_input(c))
+        return;  /* an event of the batch that paused it: its watch changes at the settle */
+    rc = colo_bytes_recv(&c->in, c->fd, COLO_PX_READ_CHUNK, &got);
     if (rc == COLO_E_EOF)
         c->eof = 1;
     else if (rc != COLO_OK)
@@ -397,31 +462,38 @@ static void send_queued(struct colo_proxy *p)
 
 /* The loop's part, after writing: closes the finished clients and sets
  * what epoll watches of the others.  Only the loop closes a client, so an
- * epoll event it holds never names a freed one. */
-static void settle_clients(struct colo_proxy *p)
+ * epoll event it holds never names a freed one.  A paused client whose
+ * backlog a write shrank enough goes on with the lines it sent, and stays
+ * on the send list for their replies; returns 1 when one did. */
+static int settle_clients(struct colo_proxy *p)
 {
     struct conn *c, *next;
+    int resumed = 0;
     send_queued(p);
     for (c = p->send_list, p->send_list = NULL; c != NULL; c = next) {
         next = c->send_next;
         c->queued = 0;
-        if (c->dead || (c->eof && c->head == NULL && c->out.off == c->out.len && c->in.off == c->in.len))
+        if (conn_resumable(p, c)) {
+            c->paused = 0;
+            conn_lines(p, c);
+            queue_send(p, c);
+            resumed = 1;
+        } else if (c->dead || (c->eof && c->head == NULL && c->out.off == c->out.len && c->in.off == c->in.len)) {
             conn_close(p, c);
-        else
+        } else {
             conn_watch(p, c);
+        }
     }
+    return resumed;
 }
 
 /* Python's calls write at once and leave the rest to the loop. */
 static void send_and_wake(struct colo_proxy *p)
 {
-    uint64_t one = 1;
     if (p->send_list == NULL)
         return;
     send_queued(p);
-    if (write(p->wake_fd, &one, sizeof(one)) < 0) {
-        /* an eventfd only fails when its counter is full: the loop is awake anyway */
-    }
+    wake(p);
 }
 
 /* ---- the link to the secondary ------------------------------------------- */
@@ -432,6 +504,10 @@ static void link_close(struct colo_proxy *p)
         close(p->link_fd);
     p->link_fd = -1;
     p->link_watching = 0;
+    if (p->link_stalled) {
+        p->link_stalled = 0;
+        p->retry_due = 1;  /* nothing to wait for any more */
+    }
     colo_bytes_free(&p->link_in);
     colo_bytes_free(&p->link_out);
 }
@@ -484,6 +560,10 @@ static void link_flush(struct colo_proxy *p)
     if ((rc = colo_bytes_send(&p->link_out, p->link_fd)) != COLO_OK) {
         link_lost(p, rc);
         return;
+    }
+    if (p->link_stalled && p->link_out.len - p->link_out.off < LINK_OUT_MAX) {
+        p->link_stalled = 0;
+        p->retry_due = 1;  /* the clients it stalled go on */
     }
     set_watch(p, p->link_fd, &p->link_watching,
               EPOLLIN | (p->link_out.off < p->link_out.len ? EPOLLOUT : 0), TAG_LINK);
@@ -546,9 +626,11 @@ static void dispatch(struct colo_proxy *p, const struct epoll_event *ev)
     }
 }
 
-/* After a batch: clients that waited go on, then everything is written. */
+/* After a batch: clients that waited go on, then everything is written
+ * (again while clients resume: their lines make new replies and frames). */
 static void settle(struct colo_proxy *p)
 {
+    link_flush(p);  /* room on the link first: a client it stalled goes on now */
     if (p->stalled && p->retry_due) {
         p->stalled = p->retry_due = 0;
         for (struct conn *c = p->conns; c != NULL; c = c->next) {
@@ -556,14 +638,17 @@ static void settle(struct colo_proxy *p)
             queue_send(p, c);
         }
     }
-    if (p->stalled && !p->retry_due && !p->retry_armed) {
+    do
+        link_flush(p);
+    while (settle_clients(p));
+    if (p->stalled && p->retry_due) {
+        wake(p);  /* room came while settling: the next pass retries at once */
+    } else if (p->stalled && !p->retry_armed) {
         arm(p->retry_fd, COLO_PX_PAUSED_RETRY_NS, 0);  /* in case the guest stays paused */
         p->retry_armed = 1;
     }
     /* A paused guest: the unpause wakes the loop, not a poll. */
     set_watch(p, p->resumed_fd, &p->resumed_watching, p->stalled && !p->retry_due ? EPOLLIN : 0, TAG_RESUMED);
-    link_flush(p);
-    settle_clients(p);
 }
 
 /* Polls for poll_ns after the last batch before sleeping (colo.h says why). */
@@ -650,7 +735,7 @@ static int start_thread(struct colo_proxy *p)
 }
 
 int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, uint32_t poll_us,
-                   colo_proxy **out)
+                   uint32_t output_max, colo_proxy **out)
 {
     struct colo_proxy *p;
     uint64_t last_seq = 0;
@@ -658,6 +743,9 @@ int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, u
     *out = NULL;
     if (dom == NULL || listen_fd < 0 || reply_timeout_ms == 0)
         return colo_fail(COLO_E_INVAL, "proxy: a domain, a listening socket and a reply timeout > 0");
+    if (output_max < COLO_PROXY_OUTPUT_MIN)
+        return colo_fail(COLO_E_INVAL, "proxy: output bound of %u bytes (at least %d)", output_max,
+                         COLO_PROXY_OUTPUT_MIN);
     if ((rc = colo_sim_service_seq(dom, &last_seq)) != COLO_OK)
         return rc;
     if ((rc = nonblocking(listen_fd)) != COLO_OK)
@@ -679,6 +767,7 @@ int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, u
     p->link_fd = p->epfd = p->wake_fd = p->event_fd = p->sweep_fd = p->retry_fd = -1;
     p->reply_timeout_ns = (uint64_t)reply_timeout_ms * 1000000ULL;
     p->poll_ns = (uint64_t)poll_us * 1000ULL;
+    p->output_max = output_max;
     p->unprotected = 1;
     p->lo = p->st.last_seq = p->st.covered = last_seq;  /* sequence numbers go on across failovers */
     if ((rc = open_fds(p)) != COLO_OK || (rc = start_thread(p)) != COLO_OK) {
@@ -817,6 +906,11 @@ void colo_proxy_stats(colo_proxy *p, struct colo_proxy_stats *out)
 {
     pthread_mutex_lock(&p->mu);
     *out = p->st;
+    out->clients_paused = out->output_bytes = 0;
+    for (struct conn *c = p->conns; c != NULL; c = c->next) {  /* twice a second, a few thousand at most */
+        out->clients_paused += (uint64_t)c->paused;
+        out->output_bytes += conn_backlog(c);
+    }
     pthread_mutex_unlock(&p->mu);
 }
 

@@ -68,7 +68,7 @@ class PrimaryProxy:
         self._covered = 0
         self._asker: asyncio.Task[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
-        self._seen = native.ProxyStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
+        self._seen = native.ProxyStats()
         self._arms = 0  # armed checkpoints waiting now
         self._armed_ever = False
         self._unarmed_since = 0.0  # loop time the last armed checkpoint ended
@@ -210,6 +210,10 @@ class PrimaryProxy:
         metrics.PROXY_REQUESTS.inc(now.requests - seen.requests)
         metrics.DIVERGENCES.labels("mismatch").inc(now.mismatches - seen.mismatches)
         metrics.DIVERGENCES.labels("timeout").inc(now.timeouts - seen.timeouts)
+        metrics.PROXY_BACKPRESSURE.inc(now.backpressure - seen.backpressure)
+        # Gauges by the change: every pair's proxy of this agent adds its own.
+        metrics.PROXY_CLIENTS_PAUSED.inc(now.clients_paused - seen.clients_paused)
+        metrics.PROXY_OUTPUT_BYTES.inc(now.output_bytes - seen.output_bytes)
         if now.events_lost > seen.events_lost:
             # A hold that found no memory for its event: ask as if for the newest request.
             log.error("%s: %d proxy events lost", self.domain, now.events_lost - seen.events_lost)
@@ -230,6 +234,9 @@ class PrimaryProxy:
             self._refresh_metrics()
             await asyncio.to_thread(self._native.close)  # joins the C thread
             self._native = None
+            # Its clients are gone with it.
+            metrics.PROXY_CLIENTS_PAUSED.dec(self._seen.clients_paused)
+            metrics.PROXY_OUTPUT_BYTES.dec(self._seen.output_bytes)
 
 
 class SecondaryProxy:

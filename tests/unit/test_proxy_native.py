@@ -411,3 +411,134 @@ def test_polling_threads_serve_like_sleeping_ones(dom: Domain) -> None:
         secondary.close()
     with pytest.raises(ValueError, match="poll window"):
         Proxy(dom, socket.create_server(("127.0.0.1", 0)), reply_timeout=0.3, poll_us=-1)
+
+
+# ---- backpressure: a client's unsent output is bounded ------------------------------
+
+BOUND = 16384  # a small output_max, so the bound shows at once
+VALUES = [f"{j:03d}" + "x" * 187 for j in range(50)]
+REPLY = len("VALUE \n") + 190  # bytes of a reply to GET b<j>
+
+
+def _slow_client(address: tuple[str, int]) -> socket.socket:
+    """A client with a small receive buffer: the kernel takes little of what it does not read."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(address)
+    return s
+
+
+def _sender(sock: socket.socket, data: bytes) -> threading.Thread:
+    """sendall in a thread: a paused client's sends block once the kernel's buffers are full."""
+    t = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+    t.start()
+    return t
+
+
+def _read_lines(sock: socket.socket, count: int, timeout: float = 10.0) -> list[bytes]:
+    sock.settimeout(timeout)
+    buf = b""
+    while buf.count(b"\n") < count:
+        chunk = sock.recv(65536)
+        assert chunk, "closed"
+        buf += chunk
+    return buf.split(b"\n")[:count]
+
+
+def _until_paused(p: Proxy, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while p.stats().clients_paused != 1:
+        assert time.monotonic() < deadline, f"no client paused: {p.stats()}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def bounded(dom: Domain) -> Iterator[tuple[Proxy, tuple[str, int]]]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the accepted clients' too
+    address = listener.getsockname()
+    p = Proxy(dom, listener, reply_timeout=0.3, output_max=BOUND)
+    c = client(address)
+    c.sendall(b"".join(f"SET b{j} {v}\n".encode() for j, v in enumerate(VALUES)))
+    assert _read_lines(c, len(VALUES)) == [b"OK"] * len(VALUES)
+    c.close()
+    yield p, address
+    p.close()
+
+
+def test_a_client_that_does_not_read_is_paused_alone_and_loses_nothing(
+    bounded: tuple[Proxy, tuple[str, int]],
+) -> None:
+    p, address = bounded
+    n = 20_000  # about 4 MB of replies, 250 times the bound
+    slow = _slow_client(address)
+    sending = _sender(slow, b"".join(f"GET b{i % 50}\n".encode() for i in range(n)))
+    _until_paused(p)
+    served = p.stats().requests
+    time.sleep(0.3)
+    st = p.stats()
+    assert st.requests == served  # read no further, nor served
+    # The bound, plus what the kernel's small buffers took: not the 20,000 sent.
+    assert served - len(VALUES) < 1000, served
+    assert st.output_bytes <= BOUND + 512
+    assert st.backpressure >= 1  # (more when the kernel took some and it went on for a while)
+    other = client(address)  # everyone else is served on
+    other.sendall(b"PING\nGET b7\n")
+    assert _read_lines(other, 2, timeout=2) == [b"PONG", f"VALUE {VALUES[7]}".encode()]
+    # The slow client reads: it goes on, and gets every reply, in order.
+    assert _read_lines(slow, n) == [f"VALUE {VALUES[i % 50]}".encode() for i in range(n)]
+    sending.join(5)
+    st = p.stats()
+    assert (st.clients_paused, st.output_bytes) == (0, 0)
+    assert st.requests == len(VALUES) + 2 + n
+    assert st.backpressure >= 1
+
+
+def test_replies_held_for_the_secondary_count_toward_the_bound(
+    bounded: tuple[Proxy, tuple[str, int]],
+) -> None:
+    """Held replies are never dropped: the client is read no further instead."""
+    p, address = bounded
+    link = attach(p)  # a secondary that never answers: every reply waits
+    c = client(address)
+    n = 2000
+    sending = _sender(c, b"".join(f"GET b{i % 50}\n".encode() for i in range(n)))
+    _until_paused(p)
+    forwarded = p.stats().last_seq - len(VALUES)
+    assert forwarded == -(-BOUND // REPLY)  # served until the held replies reached the bound
+    assert nothing_arrives(c)  # all held
+    assert len(read_frames(link, forwarded)) == forwarded
+    assert nothing_arrives(link, 0.3)
+    p.unprotect()  # held ones leave, and the rest go straight out
+    assert _read_lines(c, n) == [f"VALUE {VALUES[i % 50]}".encode() for i in range(n)]
+    sending.join(5)
+    assert p.stats().clients_paused == 0
+
+
+def test_the_bound_is_checked(dom: Domain) -> None:
+    with pytest.raises(ValueError, match="output bound"):
+        Proxy(dom, socket.create_server(("127.0.0.1", 0)), reply_timeout=0.3, output_max=100)
+
+
+def test_mirror_stops_reading_while_the_primary_does_not_take_its_replies(dom: Domain) -> None:
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    m = Mirror(dom, theirs)
+    try:
+        setup = b"".join(frame(1 + j, f"SET b{j} {v}".encode()) for j, v in enumerate(VALUES))
+        ours.sendall(setup)
+        assert len(read_frames(ours, len(VALUES))) == len(VALUES)
+        n = 20_000  # about 4 MB of replies: four times the mirror's bound
+        first = len(VALUES) + 1
+        sending = _sender(ours, b"".join(frame(first + i, f"GET b{i % 50}".encode()) for i in range(n)))
+        time.sleep(0.5)
+        served = m.result().served
+        time.sleep(0.3)
+        assert m.result().served == served < len(VALUES) + n // 2  # waits for the primary
+        got = read_frames(ours, n, timeout=10)
+        assert got == [(first + i, f"VALUE {VALUES[i % 50]}\n".encode()) for i in range(n)]
+        sending.join(5)
+        assert m.result().served == len(VALUES) + n
+    finally:
+        m.close()
+        ours.close()
