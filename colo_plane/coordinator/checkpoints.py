@@ -439,7 +439,11 @@ class CheckpointDriver:
         self.machine.checkpoint_failed(rec, epoch, wanted.trigger, message)
         if code == grpc.StatusCode.UNAVAILABLE and self.on_unreachable is not None:
             self.on_unreachable(rec.pair.primary_host)  # the primary may be down: confirm now
-        if code in LINK_LOST and "busy" not in details:
+        if code == grpc.StatusCode.NOT_FOUND:
+            # The primary's agent holds no such domain: which side still holds the guest
+            # is checked before anything is given up (roles.copy_on), so at once.
+            self.on_trouble(rec, generation, message)
+        elif code in LINK_LOST and "busy" not in details:
             rec.link_broken = message
             if self.on_unreachable is not None and rec.pair.secondary_host:
                 self.on_unreachable(rec.pair.secondary_host)  # the secondary may be down: confirm now

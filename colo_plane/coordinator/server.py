@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from colo_plane import serving
+from colo_plane import serving, spec
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.coordinator.core import Coordinator
 from colo_plane.coordinator.servicer import CoordinatorServicer
@@ -23,10 +23,22 @@ SERVICE = colo_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 SHUTDOWN_GRACE = 5.0
 
 
+def _flag_within(flag: str, value: float, span: spec.Span) -> None:
+    """The daemon's defaults obey the same bounds as a spec's fields."""
+    ns = round(value * 1e9)
+    if not span.low <= ns <= span.high:
+        raise SystemExit(
+            f"colo coordinator: {flag} must be {spec.human(span.low)}..{spec.human(span.high)}, "
+            f"got {value} s: {span.hint}"
+        )
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     keys = tuple(k for k in args.failure_domain_keys.split(",") if k)
     if args.heartbeat_timeout <= args.heartbeat_interval:
         raise SystemExit("colo coordinator: --heartbeat-timeout must be longer than --heartbeat-interval")
+    _flag_within("--checkpoint-interval", args.checkpoint_interval, spec.CHECKPOINT_INTERVAL)
+    _flag_within("--checkpoint-timeout", args.checkpoint_timeout, spec.CHECKPOINT_TIMEOUT)
     return Settings(
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,

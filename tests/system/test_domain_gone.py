@@ -133,6 +133,32 @@ def test_destroyed_primary_domain_promotes_the_secondary(cluster: Cluster) -> No
     assert all(e.sequence <= mark or e.host_id != "host-b" for e in placed)
 
 
+def test_a_primary_agent_that_dropped_the_domain_fails_over(cluster: Cluster) -> None:
+    """The checker's case: the primary's agent no longer holds the domain (a Release
+    sent to it directly) while its host lives.  Checkpoints answer NOT_FOUND; the
+    secondary, the only copy, is promoted, and nothing is re-protected from an
+    empty new domain on host-a."""
+    before = cluster.protect("web")
+    thread, out = _loadgen(cluster.coord.address, "web", seconds=6.0)
+    time.sleep(2.0)
+    cluster.agents["host-a"].stub.Release(
+        colo_pb2.ReleaseRequest(domain="web", generation=before.generation, reason="a stranger"), timeout=10
+    )
+    pair = wait_for(
+        "the secondary promoted",
+        lambda: (p := cluster.coord.pair("web")).primary_host == "host-b" and p,
+        timeout=10,
+    )
+    thread.join(timeout=120)
+    (report,) = out
+    assert report.acknowledged_writes > 200
+    assert report.acknowledged_writes_lost == 0, report
+    assert report.reads_of_values_never_written == 0, report
+    assert pair.generation > before.generation
+    causes = [e.cause for e in _failovers(cluster.coord, "web")]
+    assert colo_pb2.FAILOVER_CAUSE_SECONDARY_UNHEALTHY not in causes, causes
+
+
 def test_destroyed_secondary_domain_reprotects_from_the_primary(cluster: Cluster) -> None:
     before = cluster.protect("web")
     thread, out = _loadgen(cluster.coord.address, "web", seconds=6.0)

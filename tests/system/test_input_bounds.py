@@ -10,6 +10,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -231,3 +232,20 @@ def test_a_bad_record_closes_the_data_connection_at_once(agents: StartAgent) -> 
     metrics = [promtext.scrape(b.info["metrics"], timeout=5)]
     assert promtext.total(metrics, "colo_stream_errors_total", code="RECORD_TOO_LONG") == 1
     assert "record too long" in b.status("vm1").last_error
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--checkpoint-timeout", "1e-9"), ("--checkpoint-interval", "1e9")], ids=str
+)
+def test_coordinator_flags_obey_the_spec_bounds(tmp_path: Path, flag: str, value: str) -> None:
+    """The daemon's defaults for every pair are bounded like a spec's own fields."""
+    out = subprocess.run(
+        [*COLO, "coordinator", "--db", str(tmp_path / "c.db"), flag, value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert f"{flag} must be" in out.stderr, out.stderr
+    assert not (tmp_path / "c.db").exists()  # refused before anything was opened
