@@ -1,4 +1,4 @@
-"""The primary's side of the replication protocol (DESIGN.md section 2):
+"""The primary's side of the replication protocol (docs/design.md §2):
 first boot and checkpoints, each one blocking call run off the event loop
 (asyncio.to_thread).  Every page moves in C, and a checkpoint's steps run
 in one C call (native/checkpoint.c): the paused guest never waits for the

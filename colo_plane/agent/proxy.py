@@ -1,4 +1,4 @@
-"""The COLO proxy (DESIGN.md section 5), steered from the agent.
+"""The COLO proxy (docs/design.md §5), steered from the agent.
 
 The data path is native (native/proxy.c, native/mirror.c): no client
 request crosses Python.  On the primary a C thread owns the domain's client

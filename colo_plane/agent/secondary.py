@@ -1,4 +1,4 @@
-"""The secondary's side of the replication protocol (DESIGN.md section 2),
+"""The secondary's side of the replication protocol (docs/design.md §2),
 run in a thread of its own: it is driven by the primary's stream."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Role changes, each the sequence of Agent calls DESIGN.md section 6 asks
+"""Role changes, each the sequence of Agent calls docs/design.md §6 asks
 for: first boot (protect, re-protect), failover when the primary is lost,
 dropping a lost or unhealthy secondary, planned switchover, unprotect.
 One role change at a time per pair (PairRecord.lock); each one re-checks

@@ -1,4 +1,4 @@
-"""The pair state machine of DESIGN.md section 6.
+"""The pair state machine of docs/design.md §6.
 
     SYNCING -> PROTECTED <-> CHECKPOINTING
     PROTECTED | CHECKPOINTING -> FAILING_OVER -> UNPROTECTED      (secondary promoted)
@@ -44,7 +44,7 @@ LOST = colo_pb2.PAIR_STATE_LOST
 NEW = colo_pb2.PAIR_STATE_UNSPECIFIED
 ANY_STATE = (NEW, SYNCING, PROTECTED, CHECKPOINTING, FAILING_OVER, UNPROTECTED, STOPPED, LOST)
 
-# The states each transition leaves from (DESIGN.md section 6).
+# The states each transition leaves from (docs/design.md §6).
 FROM: dict[str, tuple[int, ...]] = {
     "start_syncing": (NEW, UNPROTECTED, STOPPED),
     "first_boot_done": (SYNCING,),
