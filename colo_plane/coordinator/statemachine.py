@@ -20,7 +20,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
@@ -209,7 +208,6 @@ class PairMachine:
         self,
         rec: PairRecord,
         name: str,
-        allowed: Collection[int],
         to: colo_pb2.PairState,
         *,
         cause: int = 0,
@@ -218,11 +216,7 @@ class PairMachine:
         level: int = logging.INFO,
     ) -> None:
         old = rec.pair.state
-        if old not in allowed:
-            raise IllegalTransition(
-                f"{rec.domain}: {name} needs state {' or '.join(state_name(s) for s in allowed)}, "
-                f"the pair is {state_name(old)}"
-            )
+        self._require(rec, name)  # the states it leaves are FROM[name], the one table
         rec.pair.state = to
         if old != to:
             stamp(rec.pair.state_since)
@@ -297,7 +291,6 @@ class PairMachine:
         self._move(
             rec,
             "start_syncing",
-            (NEW, UNPROTECTED, STOPPED),
             SYNCING,
             message=f"first boot {rec.pair.primary_host} -> {secondary} at epoch {epoch}",
         )
@@ -326,7 +319,6 @@ class PairMachine:
         self._move(
             rec,
             "first_boot_done",
-            (SYNCING,),
             PROTECTED,
             message=f"{pair.secondary_host} holds a whole copy as of epoch {resp.epoch}",
         )
@@ -338,7 +330,7 @@ class PairMachine:
         rec.pair.pending_epoch = 0
         rec.pair.checkpoint_counts.failed += 1
         self.error(rec, message)
-        self._move(rec, "first_boot_failed", (SYNCING,), UNPROTECTED, message=message, level=logging.WARNING)
+        self._move(rec, "first_boot_failed", UNPROTECTED, message=message, level=logging.WARNING)
 
     def checkpoint_armed(self, rec: PairRecord, epoch: int) -> None:
         """Epoch handed to the primary ahead: it starts at a held reply (no state change yet)."""
@@ -352,7 +344,6 @@ class PairMachine:
         self._move(
             rec,
             "checkpoint_issued",
-            (PROTECTED,),
             CHECKPOINTING,
             durable=False,
             level=logging.DEBUG,
@@ -386,7 +377,6 @@ class PairMachine:
         self._move(
             rec,
             "checkpoint_done",
-            (CHECKPOINTING,),
             PROTECTED,
             durable=False,
             level=logging.DEBUG,
@@ -404,7 +394,6 @@ class PairMachine:
         self._move(
             rec,
             "checkpoint_failed",
-            (CHECKPOINTING,),
             PROTECTED,
             durable=False,
             level=logging.WARNING,
@@ -428,7 +417,6 @@ class PairMachine:
         self._move(
             rec,
             "begin_failover",
-            (PROTECTED, CHECKPOINTING),
             FAILING_OVER,
             cause=cause,
             message=message,
@@ -445,9 +433,7 @@ class PairMachine:
         pair.service_endpoint = resp.service_address
         rec.link_broken, rec.failures = "", 0
         message = f"{pair.primary_host} promoted (runs from epoch {resp.epoch}); {old_primary} fenced"
-        self._move(
-            rec, "promoted", (FAILING_OVER,), UNPROTECTED, cause=cause, message=message, level=logging.WARNING
-        )
+        self._move(rec, "promoted", UNPROTECTED, cause=cause, message=message, level=logging.WARNING)
         self.emit(
             rec,
             colo_pb2.EVENT_KIND_FAILOVER_COMPLETED,
@@ -464,7 +450,6 @@ class PairMachine:
         self._move(
             rec,
             "promotion_failed",
-            (FAILING_OVER,),
             UNPROTECTED,
             cause=cause,
             message=message,
@@ -492,7 +477,6 @@ class PairMachine:
         self._move(
             rec,
             "secondary_dropped",
-            (PROTECTED, CHECKPOINTING, SYNCING),
             UNPROTECTED,
             cause=cause,
             message=f"secondary {lost} dropped: {message}",
@@ -518,7 +502,7 @@ class PairMachine:
         rec.pair.service_endpoint = ""
         rec.secret = b""
         self.error(rec, f"PAIR LOST: {message}")
-        self._move(rec, "lost", FROM["lost"], LOST, message=message, level=logging.ERROR)
+        self._move(rec, "lost", LOST, message=message, level=logging.ERROR)
 
     def stop(self, rec: PairRecord, message: str) -> None:
         self._require(rec, "stop")
@@ -526,4 +510,4 @@ class PairMachine:
         rec.pair.pending_epoch = 0
         rec.pair.service_endpoint = ""
         rec.secret = b""
-        self._move(rec, "stop", ANY_STATE, STOPPED, message=message)
+        self._move(rec, "stop", STOPPED, message=message)
