@@ -29,7 +29,12 @@ class BoundError(RpcError):
 
     def __init__(self, field: str, bound: str, got: object, *, hint: str = "") -> None:
         message = f"{field} must be {bound}, got {got}"
-        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, f"{message}: {hint}" if hint else message)
+        super().__init__(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{message}: {hint}" if hint else message,
+            reason=colo_pb2.ERROR_REASON_INVALID_FIELD,
+            metadata={"field": field},
+        )
         self.field = field
         self.bound = bound
         self.got = got

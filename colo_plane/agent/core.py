@@ -83,7 +83,11 @@ class AgentCore:
     def _held(self, domain: str) -> Replica:
         replica = self.replicas.get(bounds.check_domain(domain))
         if replica is None:
-            fail(grpc.StatusCode.NOT_FOUND, f"this agent ({self.config.host_id}) holds no domain {domain!r}")
+            fail(
+                grpc.StatusCode.NOT_FOUND,
+                f"this agent ({self.config.host_id}) holds no domain {domain!r}",
+                reason=colo_pb2.ERROR_REASON_DOMAIN_NOT_HELD,
+            )
         return replica
 
     @staticmethod
@@ -95,6 +99,7 @@ class AgentCore:
                 f"{what} for {replica.domain} carries generation {generation}, older than the generation "
                 f"{replica.generation} this agent holds: it comes from a superseded decision and is refused; "
                 "read the pair again (colo pair) and retry with its current generation",
+                reason=colo_pb2.ERROR_REASON_STALE_GENERATION,
             )
 
     @staticmethod
@@ -103,6 +108,7 @@ class AgentCore:
             fail(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"pair_secret must be at least 16 random bytes (got {len(secret)})",
+                reason=colo_pb2.ERROR_REASON_INVALID_FIELD,
             )
         return secret
 
@@ -142,6 +148,7 @@ class AgentCore:
                         if role is Role.SECONDARY
                         else "Promote it first, or choose another host"
                     ),
+                    reason=colo_pb2.ERROR_REASON_ROLE_CONFLICT,
                 )
         return secret, held
 
@@ -152,7 +159,11 @@ class AgentCore:
                 domains.open_domain, spec, self.config.host_id, secondary=role is Role.SECONDARY
             )
         except native.NativeError as exc:
-            fail(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open the {role.value} domain: {exc}")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"cannot open the {role.value} domain: {exc}",
+                reason=colo_pb2.ERROR_REASON_CANNOT_OPEN,
+            )
 
     # -- PrepareSecondary --------------------------------------------------------
 
@@ -231,6 +242,7 @@ class AgentCore:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"the domain {req.domain} on {self.config.host_id} is gone (destroyed or crashed): "
                 "there is no guest here to protect",
+                reason=colo_pb2.ERROR_REASON_DOMAIN_GONE,
             )
         if replica is None and not req.create_domain and req.spec.WhichOneof("backend") == "sim":
             # Re-protection: the pair's data lives in the guest this host ran.  A new
@@ -239,6 +251,7 @@ class AgentCore:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this agent ({self.config.host_id}) holds no domain {req.domain!r} to re-protect; "
                 "refusing to create an empty one over the pair's data",
+                reason=colo_pb2.ERROR_REASON_NO_GUEST,
             )
         if replica is None:
             dom = await self._open(req.spec, Role.PRIMARY)
@@ -314,6 +327,7 @@ class AgentCore:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"cannot serve {replica.domain} on {self.config.service_host}:{spec.port}: {exc}",
+                reason=colo_pb2.ERROR_REASON_CANNOT_SERVE,
             )
         log.info("%s: serving clients on %s", replica.domain, replica.service_address)
 
@@ -358,14 +372,16 @@ class AgentCore:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"secondary at {req.peer_data_address} refused the data connection ({exc}); "
                 "prepare it again with this generation's secret",
+                reason=colo_pb2.ERROR_REASON_PEER_REFUSED,
             )
         except (OSError, TimeoutError) as exc:
             fail(
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot reach the secondary's data port {req.peer_data_address}: {exc or 'timed out'}",
+                reason=colo_pb2.ERROR_REASON_PEER_UNREACHABLE,
             )
         except ValueError as exc:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            fail(grpc.StatusCode.INVALID_ARGUMENT, str(exc), reason=colo_pb2.ERROR_REASON_INVALID_FIELD)
 
     async def _run_link(
         self, replica: Replica, step: Callable[[int], Outcome], epoch: int, timeout: float
@@ -383,10 +399,13 @@ class AgentCore:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{replica.domain}: epoch {epoch} did not complete within {timeout:.1f} s; the data "
                 "connection was closed and the pair needs re-protection",
+                reason=colo_pb2.ERROR_REASON_EPOCH_TIMED_OUT,
             )
         except native.Disarmed as exc:
             fail(
-                grpc.StatusCode.ABORTED, f"{replica.domain}: armed epoch {epoch} never started: {exc.detail}"
+                grpc.StatusCode.ABORTED,
+                f"{replica.domain}: armed epoch {epoch} never started: {exc.detail}",
+                reason=colo_pb2.ERROR_REASON_NEVER_STARTED,
             )
         except (native.NativeError, ProtocolError, OSError) as exc:
             replica.last_error = f"epoch {epoch}: {exc}"
@@ -395,6 +414,7 @@ class AgentCore:
                 grpc.StatusCode.ABORTED,
                 f"{replica.domain}: epoch {epoch} failed: {exc}; the secondary keeps its last whole "
                 "checkpoint and the pair needs re-protection",
+                reason=colo_pb2.ERROR_REASON_EPOCH_FAILED,
             )
 
     # -- Checkpoint --------------------------------------------------------------
@@ -409,17 +429,20 @@ class AgentCore:
                 f"Checkpoint for {req.domain} at generation {req.generation}, "
                 f"but this agent holds generation "
                 f"{replica.generation}: run StartPrimary for the new generation first",
+                reason=colo_pb2.ERROR_REASON_FUTURE_GENERATION,
             )
         if replica.role is not Role.PRIMARY:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this host is the secondary of {req.domain}: send Checkpoint to the primary's agent",
+                reason=colo_pb2.ERROR_REASON_ROLE_CONFLICT,
             )
         if replica.gone():
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"the primary domain {req.domain} on {self.config.host_id} is gone (destroyed or "
                 "crashed): nothing to checkpoint; the secondary holds the last whole copy",
+                reason=colo_pb2.ERROR_REASON_DOMAIN_GONE,
             )
         armed = replica.armed
         if armed is not None and armed.epoch == req.epoch and armed.generation == req.generation:
@@ -431,21 +454,28 @@ class AgentCore:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{req.domain} has no working secondary here ({link.broken if link else 'unprotected'}): "
                 "re-protect it (StartPrimary) before checkpointing",
+                reason=colo_pb2.ERROR_REASON_NO_SECONDARY,
             )
         if req.epoch <= replica.epoch:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"epoch {req.epoch} is not above the last epoch {replica.epoch} of {req.domain}: "
                 "epochs only rise; take the next one from the pair",
+                reason=colo_pb2.ERROR_REASON_EPOCH_NOT_ABOVE,
             )
         if replica.busy.locked():
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{req.domain} is busy with another checkpoint or command: wait for it to finish",
+                reason=colo_pb2.ERROR_REASON_BUSY,
             )
         arm = seconds(req.arm, 0.0)
         if arm and (replica.proxy is None or replica.proxy.data_path is None):
-            fail(grpc.StatusCode.FAILED_PRECONDITION, f"{req.domain} has no proxy here to arm a checkpoint")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{req.domain} has no proxy here to arm a checkpoint",
+                reason=colo_pb2.ERROR_REASON_CANNOT_SERVE,
+            )
         async with replica.busy:
             timeout = seconds(req.timeout, CHECKPOINT_TIMEOUT)
             if arm:
@@ -501,7 +531,11 @@ class AgentCore:
         except BaseException as exc:
             proxy.disarm(req.epoch)  # cancelled before it started: it must not start later
             if not isinstance(exc, Exception):
-                exc = RpcError(grpc.StatusCode.ABORTED, f"armed epoch {req.epoch} was cancelled")
+                exc = RpcError(
+                    grpc.StatusCode.ABORTED,
+                    f"armed epoch {req.epoch} was cancelled",
+                    reason=colo_pb2.ERROR_REASON_NEVER_STARTED,
+                )
             answer.set_exception(exc)
             answer.exception()  # nobody may be waiting: no "never retrieved" warning
             raise
@@ -537,13 +571,18 @@ class AgentCore:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{what} for {replica.domain} needs a generation above the held {replica.generation}, got "
                 f"{generation}: every role change raises the generation",
+                reason=colo_pb2.ERROR_REASON_GENERATION_NOT_ABOVE,
             )
 
     async def promote(self, req: colo_pb2.PromoteRequest) -> colo_pb2.PromoteResponse:
         replica = self._held(req.domain)
         self._newer(replica, req.generation, "Promote")
         if replica.role is not Role.SECONDARY:
-            fail(grpc.StatusCode.FAILED_PRECONDITION, f"this host is already the primary of {req.domain}")
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this host is already the primary of {req.domain}",
+                reason=colo_pb2.ERROR_REASON_ROLE_CONFLICT,
+            )
         async with replica.busy:
             # A torn checkpoint was dropped in C: the guest runs from its last
             # whole checkpoint, plus the forwarded requests it processed since.
@@ -577,6 +616,7 @@ class AgentCore:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this host is the secondary of {req.domain}, not its primary",
+                reason=colo_pb2.ERROR_REASON_ROLE_CONFLICT,
             )
         replica.disarm()
         async with replica.busy:

@@ -52,6 +52,7 @@ def check_room(pages: int, *, meminfo: Path = MEMINFO) -> None:
             f"a sim domain of {pages} pages needs {need >> 20} MiB and as much again for a staged "
             f"checkpoint; this host has {available >> 20} MiB available: give it fewer pages or place "
             "it on a host with more free memory",
+            reason=colo_pb2.ERROR_REASON_NO_MEMORY,
         )
 
 
@@ -61,6 +62,7 @@ def _check_backend(spec: colo_pb2.DomainSpec) -> None:
             grpc.StatusCode.FAILED_PRECONDITION,
             "backend xen is not built into this agent (no xenctrl.h at build time): place the domain "
             "on a Xen host",
+            reason=colo_pb2.ERROR_REASON_BACKEND_NOT_BUILT,
         )
 
 

@@ -102,6 +102,7 @@ class Coordinator:
             fail(
                 grpc.StatusCode.NOT_FOUND,
                 f"no pair named {domain!r}: `colo pairs` lists them; `colo protect` creates one",
+                reason=colo_pb2.ERROR_REASON_PAIR_NOT_FOUND,
             )
         return rec
 
@@ -113,6 +114,7 @@ class Coordinator:
                 grpc.StatusCode.NOT_FOUND,
                 f"{what} {host_id!r} is not a known host (registered agents: {known}); start `colo agent "
                 f"--host-id {host_id}` there, or pick one from `colo agents`",
+                reason=colo_pb2.ERROR_REASON_HOST_NOT_FOUND,
             )
         return agent
 
@@ -122,12 +124,14 @@ class Coordinator:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{what} {agent.host_id} is not alive (no heartbeat): restart its agent or choose another "
                 "host",
+                reason=colo_pb2.ERROR_REASON_HOST_UNUSABLE,
             )
         if agent.info.draining:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{what} {agent.host_id} is draining and takes no new roles: `colo drain {agent.host_id} "
                 "--cancel` or choose another host",
+                reason=colo_pb2.ERROR_REASON_HOST_UNUSABLE,
             )
         if backend not in agent.info.backends:
             why = agent.info.unavailable_backends.get(backend, "not offered")
@@ -135,6 +139,7 @@ class Coordinator:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{what} {agent.host_id} cannot run backend {backend} ({why}): choose a host that lists it "
                 "in `colo agents`",
+                reason=colo_pb2.ERROR_REASON_HOST_UNUSABLE,
             )
 
     def _roles_of(self, host: str) -> list[colo_pb2.HeldRole]:
@@ -160,12 +165,17 @@ class Coordinator:
         bounds.check_protect(req)  # the spec, and the hosts' names
         spec = req.spec
         if not req.primary_host:
-            fail(grpc.StatusCode.INVALID_ARGUMENT, "primary_host is required: the host that runs the domain")
+            fail(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "primary_host is required: the host that runs the domain",
+                reason=colo_pb2.ERROR_REASON_INVALID_FIELD,
+            )
         if req.primary_host == req.secondary_host:
             fail(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"primary and secondary are both {req.primary_host}: a pair needs two hosts (leave the "
                 "secondary empty to have one placed)",
+                reason=colo_pb2.ERROR_REASON_INVALID_FIELD,
             )
         existing = self.machine.pairs.get(spec.domain)
         if existing is not None and existing.state != STOPPED:
@@ -173,6 +183,7 @@ class Coordinator:
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"{spec.domain} is already protected ({colo_pb2.PairState.Name(existing.state)}, primary "
                 f"{existing.pair.primary_host}): `colo unprotect {spec.domain}` first, or use another name",
+                reason=colo_pb2.ERROR_REASON_PAIR_EXISTS,
             )
         backend = spec.WhichOneof("backend") or "sim"
         primary = self._agent(req.primary_host, "primary host")
@@ -183,6 +194,7 @@ class Coordinator:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{spec.domain} is still being stopped: retry in a moment",
+                reason=colo_pb2.ERROR_REASON_WRONG_STATE,
             )
         rec = self.machine.create(spec, req.primary_host)
         if req.secondary_host:
@@ -194,6 +206,7 @@ class Coordinator:
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"no host can take the secondary of {spec.domain}: every other agent is dead, draining, "
                     f"full or lacks backend {backend}; start another agent (`colo agents` shows them)",
+                    reason=colo_pb2.ERROR_REASON_NO_PLACEMENT,
                 )
             secondary, why = choice.host_id, choice.why
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -206,6 +219,7 @@ class Coordinator:
                     grpc.StatusCode.UNAVAILABLE,
                     f"{spec.domain}: {rec.pair.last_error or 'first boot did not complete'}; the coordinator "
                     "retries on its own (watch `colo pair " + spec.domain + "`)",
+                    reason=colo_pb2.ERROR_REASON_FIRST_BOOT_FAILED,
                 )
         return colo_pb2.ProtectDomainResponse(pair=_copy(rec.pair))
 
@@ -242,6 +256,7 @@ class Coordinator:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{rec.domain} is {colo_pb2.PairState.Name(rec.state)}: checkpoints need a PROTECTED pair; "
                 "wait for it (colo pair) and retry",
+                reason=colo_pb2.ERROR_REASON_WRONG_STATE,
             )
         epoch, coalesced, future = self.driver.want(
             rec.domain, colo_pb2.CHECKPOINT_TRIGGER_MANUAL, wait=req.wait
@@ -256,6 +271,7 @@ class Coordinator:
                 fail(
                     exc.code if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED else grpc.StatusCode.ABORTED,
                     exc.message,
+                    reason=colo_pb2.ERROR_REASON_CHECKPOINT_FAILED,
                 )
             out.epoch, out.generation = resp.epoch, resp.generation
             out.stats.CopyFrom(resp.stats)
@@ -273,12 +289,14 @@ class Coordinator:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{req.new_secondary_host} becomes the primary of {rec.domain}: it cannot also be its "
                     "secondary; leave new_secondary_host empty to swap roles",
+                    reason=colo_pb2.ERROR_REASON_INVALID_FIELD,
                 )
         if rec.state not in (PROTECTED, CHECKPOINTING):
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{rec.domain} is {colo_pb2.PairState.Name(rec.state)}, not PROTECTED: there is no secondary "
                 "with a whole copy to switch to; wait for PROTECTED (colo pair) and retry",
+                reason=colo_pb2.ERROR_REASON_WRONG_STATE,
             )
         pair = await self.roles.switchover(
             rec,
@@ -419,7 +437,11 @@ class Coordinator:
             try:
                 addresses.parse(getattr(req, name))
             except ValueError as exc:
-                fail(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {exc}")
+                fail(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{name}: {exc}",
+                    reason=colo_pb2.ERROR_REASON_INVALID_FIELD,
+                )
         agent, previous = self.registry.register(req)
         self.store.save_agent(agent.info)
         restarted = bool(previous) and previous != req.incarnation
@@ -515,16 +537,19 @@ class Coordinator:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{req.host_id or '(no host)'} is not the primary of {rec.domain} "
                 f"({rec.pair.primary_host}): only the primary asks for checkpoints",
+                reason=colo_pb2.ERROR_REASON_NOT_PAIR_HOST,
             )
         if req.generation < rec.generation:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"generation {req.generation} of {rec.domain} is superseded by {rec.generation}: stand down",
+                reason=colo_pb2.ERROR_REASON_STALE_GENERATION,
             )
         if rec.state not in (PROTECTED, CHECKPOINTING) or rec.domain not in self.driver.drivers:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{rec.domain} is {colo_pb2.PairState.Name(rec.state)}: no checkpoint until it is PROTECTED",
+                reason=colo_pb2.ERROR_REASON_WRONG_STATE,
             )
         epoch, coalesced, _ = self.driver.want(rec.domain, colo_pb2.CHECKPOINT_TRIGGER_REQUEST)
         rec.pair.divergences += 1
@@ -551,13 +576,14 @@ class Coordinator:
                 grpc.StatusCode.NOT_FOUND,
                 f"sync point of {rec.domain} from {req.host_id!r}, which is not a registered host: only "
                 "the agents of the pair report its sync points (`colo agents` lists them)",
-                reason="unknown_host",
+                reason=colo_pb2.ERROR_REASON_HOST_NOT_FOUND,
             )
         if req.generation < rec.generation:
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"sync point of {rec.domain} at generation {req.generation}, superseded by {rec.generation}: "
                 "the reporter has been fenced and must stand down",
+                reason=colo_pb2.ERROR_REASON_STALE_GENERATION,
             )
         if req.generation > rec.generation:
             # Nothing the coordinator handed out: a confused agent, or a store restored from an
@@ -567,7 +593,7 @@ class Coordinator:
                 f"sync point of {rec.domain} at generation {req.generation}, which the coordinator never "
                 f"issued (the pair is at {rec.generation}): release the domain on {req.host_id} "
                 "(colo unprotect, then protect again)",
-                reason="future_generation",
+                reason=colo_pb2.ERROR_REASON_FUTURE_GENERATION,
             )
         if rec.state != STOPPED and req.host_id not in rec.hosts():
             fail(
@@ -575,7 +601,7 @@ class Coordinator:
                 f"{req.host_id} holds no role in {rec.domain} at generation {rec.generation} (primary "
                 f"{rec.pair.primary_host or 'none'}, secondary {rec.pair.secondary_host or 'none'}): only "
                 "the pair's agents report its sync points",
-                reason="not_pair_host",
+                reason=colo_pb2.ERROR_REASON_NOT_PAIR_HOST,
             )
         self.machine.emit(
             rec,

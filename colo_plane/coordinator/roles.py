@@ -500,6 +500,7 @@ class Roles:
                     f"{rec.domain} is at generation {rec.generation}, "
                     f"not the expected {expected_generation}: "
                     "read the pair again (colo pair) and decide on its current state",
+                    reason=colo_pb2.ERROR_REASON_GENERATION_MISMATCH,
                 )
             if rec.state not in (PROTECTED, CHECKPOINTING) or rec.domain not in self.driver.drivers:
                 fail(
@@ -507,6 +508,7 @@ class Roles:
                     f"{rec.domain} is {colo_pb2.PairState.Name(rec.state)}, not PROTECTED: "
                     "a switchover needs a "
                     "secondary with a whole copy; wait for PROTECTED (colo pair) and retry",
+                    reason=colo_pb2.ERROR_REASON_WRONG_STATE,
                 )
             old_primary = rec.pair.primary_host
             await self.driver.hold(rec.domain)
@@ -516,6 +518,7 @@ class Roles:
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"{rec.domain} left PROTECTED while the switchover waited: "
                         "retry when it is PROTECTED",
+                        reason=colo_pb2.ERROR_REASON_WRONG_STATE,
                     )
                 try:
                     await self.driver.issue_now(rec.domain, colo_pb2.CHECKPOINT_TRIGGER_MANUAL, final=True)
@@ -524,6 +527,7 @@ class Roles:
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"switchover of {rec.domain} abandoned, roles unchanged: the final checkpoint failed "
                         f"({exc.message})",
+                        reason=colo_pb2.ERROR_REASON_CHECKPOINT_FAILED,
                     )
                 ok = await self._promote(
                     rec, cause, f"switchover from {old_primary}", release_old_inline=True
@@ -531,7 +535,11 @@ class Roles:
             finally:
                 self.driver.release(rec.domain)
             if not ok:
-                fail(grpc.StatusCode.UNAVAILABLE, f"switchover of {rec.domain} failed: {rec.pair.last_error}")
+                fail(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"switchover of {rec.domain} failed: {rec.pair.last_error}",
+                    reason=colo_pb2.ERROR_REASON_FIRST_BOOT_FAILED,
+                )
             old = self.registry.get(old_primary)
             if new_secondary:
                 rec.preferred_secondary = new_secondary

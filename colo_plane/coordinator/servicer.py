@@ -18,7 +18,7 @@ from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.coordinator.core import Coordinator
 from colo_plane.coordinator.events import WatcherTooSlow
 from colo_plane.coordinator.store import StoreError
-from colo_plane.rpc import Context, Req, Resp, RpcError, answer
+from colo_plane.rpc import Context, Req, Resp, RpcError, answer, reason_label
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,12 @@ async def _call(fn: Callable[[Req], Awaitable[Resp]], request: Req, context: Con
     try:
         return await answer(fn, request, context)
     except StoreError as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the coordinator's store failed: {exc}; retry")
+        err = RpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the coordinator's store failed: {exc}; retry",
+            reason=colo_pb2.ERROR_REASON_STORE_FAILED,
+        )
+        await context.abort(err.code, err.message, trailing_metadata=err.trailers())
         raise
 
 
@@ -100,12 +105,14 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
             async for event in self.core.watch(request):
                 yield colo_pb2.WatchEventsResponse(event=event)
         except RpcError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, trailing_metadata=exc.trailers())
         except WatcherTooSlow as exc:
-            await context.abort(
+            err = RpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{exc}: reconnect with after_sequence set to the last sequence you saw",
+                reason=colo_pb2.ERROR_REASON_WATCHER_TOO_SLOW,
             )
+            await context.abort(err.code, err.message, trailing_metadata=err.trailers())
 
     # -- agent side ----------------------------------------------------------------
 
@@ -133,7 +140,7 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
         try:
             return await self.core.report_sync_point(request)
         except RpcError as exc:
-            _refused(exc.reason).inc()
+            _refused(reason_label(exc.reason)).inc()
             raise
 
     async def ReportSyncPoints(
@@ -149,7 +156,7 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
                     except RpcError as exc:
                         # One refused report must not end the stream: the ones after it are good.
                         out.refused += 1
-                        _refused(exc.reason).inc()
+                        _refused(reason_label(exc.reason)).inc()
                         log.warning(
                             "refused sync point %s of %r (generation %d, epoch %d) from %s: %s: %s",
                             _control_name(req.control_id),

@@ -166,7 +166,7 @@ def test_reports_from_an_unknown_host_or_a_future_generation_are_refused_and_cou
         lambda: coord.stub.ReportSyncPoint(_report("host-nope", generation, 8), timeout=5)
     )
     assert code == grpc.StatusCode.NOT_FOUND and "not a registered host" in details, details
-    assert coord.metric("colo_sync_reports_refused_total", reason="unknown_host") == 1001
+    assert coord.metric("colo_sync_reports_refused_total", reason="host_not_found") == 1001
     assert coord.metric("colo_sync_reports_refused_total", reason="future_generation") == 1
     events = coord.events("vm1")
     assert not [e for e in events if e.kind == colo_pb2.EVENT_KIND_SYNC_POINT and e.host_id == "host-nope"]

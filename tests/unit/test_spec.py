@@ -285,7 +285,8 @@ def test_values_within_bounds_pass(ok: Callable[[], None]) -> None:
 def test_a_bound_error_is_an_rpc_error() -> None:
     """Every servicer already turns an RpcError into its status, and counts it by reason."""
     err = _refusal(_with(sim__pages=0))
-    assert isinstance(err, RpcError) and err.reason == "invalid_argument" and err.got == 0
+    assert isinstance(err, RpcError) and err.reason == colo_pb2.ERROR_REASON_INVALID_FIELD and err.got == 0
+    assert err.metadata == {"field": "spec.sim.pages"}
 
 
 # ---- the agent's own limit: its free memory ----------------------------------------------

@@ -88,7 +88,7 @@ def test_a_refused_message_is_counted_and_the_stream_goes_on(
         running = await _coordinator(tmp_path)
         channel = grpc.aio.insecure_channel(running.address)
         stub = colo_pb2_grpc.CoordinatorStub(channel)
-        before = {r: _refused(r) for r in ("failed_precondition", "not_found", "invalid_argument")}
+        before = {r: _refused(r) for r in ("stale_generation", "pair_not_found", "invalid_field")}
         handled_before = _sample(
             "grpc_server_handled_total",
             grpc_type="client_stream",
@@ -122,9 +122,9 @@ def test_a_refused_message_is_counted_and_the_stream_goes_on(
             assert all(e.generation == 3 and e.host_id == "host-b" for e in events)
             assert events[0].stats.dirty_b_pages == 101
             # The refused ones are counted by reason, and each is logged with why.
-            assert _refused("failed_precondition") - before["failed_precondition"] == 1
-            assert _refused("not_found") - before["not_found"] == 1
-            assert _refused("invalid_argument") - before["invalid_argument"] == 2
+            assert _refused("stale_generation") - before["stale_generation"] == 1
+            assert _refused("pair_not_found") - before["pair_not_found"] == 1
+            assert _refused("invalid_field") - before["invalid_field"] == 2
             refusals = [r.getMessage() for r in caplog.records if "refused sync point" in r.getMessage()]
             assert len(refusals) == 4
             assert "superseded by 3" in refusals[0] and "no pair named 'nope'" in refusals[1]
@@ -150,14 +150,14 @@ def test_unary_report_refusals_are_counted_too(tmp_path: Path) -> None:
         running = await _coordinator(tmp_path)
         channel = grpc.aio.insecure_channel(running.address)
         stub = colo_pb2_grpc.CoordinatorStub(channel)
-        before = _refused("failed_precondition")
+        before = _refused("stale_generation")
         try:
             resp = await stub.ReportSyncPoint(_point(ns=201), timeout=5)
             assert resp.generation == 3
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.ReportSyncPoint(_point(generation=1, ns=202), timeout=5)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert _refused("failed_precondition") - before == 1
+            assert _refused("stale_generation") - before == 1
         finally:
             await channel.close()
             await running.stop(grace=1.0)
