@@ -7,7 +7,7 @@ COLO := $(VENV)/bin/colo
 STAMP := $(VENV)/.installed
 BUILD_INPUTS := pyproject.toml setup.py proto/colo.proto $(wildcard native/*.c native/*.h native/*.py)
 
-.PHONY: all build test unit system bench demo lint format xen-test clean
+.PHONY: all build test unit system bench demo fuzz lint format xen-test clean
 
 all: build
 
@@ -32,6 +32,13 @@ unit: build
 system: build
 	$(PY) -m pytest -q tests/system
 
+# The checkpoint fuzzer (tests/fuzz/ckptfuzz.py): FUZZ_RUNS inputs of
+# FUZZ_SEED, crashes and violating inputs saved under fuzz-artifacts/.
+FUZZ_RUNS ?= 1000000
+FUZZ_SEED ?= 1
+fuzz: build
+	$(PY) tests/fuzz/ckptfuzz.py --runs $(FUZZ_RUNS) --seed $(FUZZ_SEED)
+
 bench: build
 	$(COLO) bench stream
 
@@ -52,4 +59,4 @@ xen-test:
 	bash tests/xen/run.sh
 
 clean:
-	rm -rf build dist *.egg-info colo_plane/_native/_lib* colo_plane/_proto/colo_pb2*
+	rm -rf build dist *.egg-info colo_plane/_native/_lib* colo_plane/_proto/colo_pb2* fuzz-artifacts

@@ -58,6 +58,7 @@ class ErrorCode(enum.IntEnum):
     PAUSED = 29
     DUPLICATE = 30
     DISARMED = 31
+    WRONG_GENERATION = 32
 
 
 class RecordType(enum.IntEnum):
@@ -162,7 +163,7 @@ class Disarmed(NativeError):
     """An armed checkpoint ended without starting (disarmed, unprotected, link lost)."""
 
 
-_STREAM_CODES = frozenset(range(ErrorCode.BAD_MAGIC, ErrorCode.PROTOCOL + 1))
+_STREAM_CODES = frozenset(range(ErrorCode.BAD_MAGIC, ErrorCode.PROTOCOL + 1)) | {ErrorCode.WRONG_GENERATION}
 _CLOSED_CODES = frozenset({ErrorCode.IO, ErrorCode.EOF, ErrorCode.TRUNCATED})
 _BACKEND_CODES = frozenset(range(ErrorCode.NOT_PAUSED, ErrorCode.DUPLICATE + 1))
 
@@ -318,16 +319,33 @@ class DomainHash:
     context: int
 
 
+class _ReaderHandle:
+    """A native reader, held by its StreamReader and by its Domain: whichever
+    goes first frees it, so the C reader (which reads its domain when freed)
+    never outlives the domain, whatever order the garbage collector takes."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: Any) -> None:
+        self.ptr: Any = ptr
+
+    def free(self) -> None:
+        ptr, self.ptr = self.ptr, None  # taken before the call (which drops the GIL): freed once
+        if ptr is not None:
+            lib.colo_reader_free(ptr)
+
+
 class Domain:
     """A guest domain behind a backend (sim or xen).  Close it when done.
 
     A new sim domain starts paused, as ``xl create -p`` does.
     """
 
-    __slots__ = ("_ptr",)
+    __slots__ = ("_ptr", "_readers")
 
     def __init__(self, ptr: Any) -> None:
         self._ptr = ptr
+        self._readers: set[_ReaderHandle] = set()
 
     @classmethod
     def sim(
@@ -374,7 +392,11 @@ class Domain:
         return self._ptr
 
     def close(self) -> None:
+        """Frees the domain, its readers first (they are closed from now on)."""
         if self._ptr is not None:
+            for handle in list(self._readers):
+                handle.free()
+            self._readers.clear()
             lib.colo_domain_close(self._ptr)
             self._ptr = None
 
@@ -480,6 +502,13 @@ class Domain:
         if len(data) != PAGE_SIZE:
             raise ValueError(f"a page is {PAGE_SIZE} bytes, got {len(data)}")
         _check(lib.colo_domain_write_page(self._p(), self._pfn(pfn), data))
+
+    def staged(self) -> tuple[int, bool]:
+        """(pages, whether a context is) staged for a checkpoint and not
+        applied: (0, False) between checkpoints and after any failure."""
+        pages, context = ffi.new("uint64_t *"), ffi.new("int *")
+        lib.colo_domain_staged(self._p(), pages, context)
+        return int(pages[0]), bool(context[0])
 
     def hash(self) -> DomainHash:
         mem, ctx = ffi.new("uint64_t *"), ffi.new("uint64_t *")
@@ -643,9 +672,10 @@ class StreamWriter:
 
 class StreamReader:
     """Reads and checks one direction of a stream into a domain (forward) or
-    a dirty set (back channel).  Free it with close()."""
+    a dirty set (back channel).  Free it with close() (closing the domain
+    closes it too).  A new reader drops what is staged on the domain."""
 
-    __slots__ = ("_dirty", "_dom", "_ptr", "_sock", "_verify")
+    __slots__ = ("_dirty", "_dom", "_handle", "_sock", "_verify")
 
     def __init__(
         self,
@@ -660,6 +690,7 @@ class StreamReader:
     ) -> None:
         self._sock, self._dom, self._dirty = sock, dom, dirty_out
         self._verify: PageHashes | None = None
+        self._handle = _ReaderHandle(None)
         out = ffi.new("colo_reader **")
         _check(
             lib.colo_reader_new(
@@ -673,10 +704,16 @@ class StreamReader:
                 out,
             )
         )
-        self._ptr = ffi.gc(out[0], lib.colo_reader_free)
+        self._handle.ptr = out[0]
+        dom._readers.add(self._handle)
+
+    def _p(self) -> Any:
+        if self._handle.ptr is None:
+            raise ValueError("stream reader is closed (or its domain is)")
+        return self._handle.ptr
 
     def header(self) -> None:
-        _check(lib.colo_reader_header(self._ptr))
+        _check(lib.colo_reader_header(self._p()))
 
     def next(self) -> Event:
         """Reads records until one the caller must see (see EventKind).
@@ -685,7 +722,7 @@ class StreamReader:
         reader stays usable.  Any other error ends the stream; whatever
         it staged of a checkpoint is dropped, guest memory untouched."""
         ev = ffi.new("struct colo_event *")
-        _check(lib.colo_reader_next(self._ptr, ev))
+        _check(lib.colo_reader_next(self._p(), ev))
         return Event(
             EventKind(ev.kind),
             int(ev.control_id),
@@ -704,23 +741,26 @@ class StreamReader:
         if hashes is not None and len(hashes) != self._dom.pages:
             raise ValueError(f"{len(hashes)} page hashes for a domain of {self._dom.pages} pages")
         self._verify = hashes
-        lib.colo_reader_set_verify_buffer(self._ptr, hashes._buf if hashes is not None else ffi.NULL)
+        lib.colo_reader_set_verify_buffer(self._p(), hashes._buf if hashes is not None else ffi.NULL)
 
     def set_timeouts(self, timeout: float | None, idle_timeout: float | None) -> None:
-        lib.colo_reader_set_timeouts(self._ptr, _timeout_ms(timeout), _timeout_ms(idle_timeout))
+        lib.colo_reader_set_timeouts(self._p(), _timeout_ms(timeout), _timeout_ms(idle_timeout))
 
     def set_min_generation(self, generation: int) -> None:
-        lib.colo_reader_set_min_generation(self._ptr, _u64("generation", generation))
+        lib.colo_reader_set_min_generation(self._p(), _u64("generation", generation))
 
     @property
     def bytes_read(self) -> int:
-        return int(lib.colo_reader_bytes(self._ptr))
+        return int(lib.colo_reader_bytes(self._p()))
 
     def close(self) -> None:
-        """Free the native reader now (the socket stays the caller's)."""
-        if self._ptr is not None:
-            ffi.release(self._ptr)
-            self._ptr = None
+        """Free the native reader now, dropping what it staged (the socket
+        stays the caller's)."""
+        self._handle.free()
+        self._dom._readers.discard(self._handle)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 # ---- one checkpoint a call --------------------------------------------------------
@@ -795,7 +835,7 @@ def primary_checkpoint(
     opt.proxy = proxy._p() if proxy is not None else ffi.NULL
     out = ffi.new("struct colo_ckpt_result *")
     code = lib.colo_primary_checkpoint(
-        writer._fd, reader._ptr, dom._p(), a._ptr, b._ptr, d._ptr, opt, writer._timeout, out
+        writer._fd, reader._p(), dom._p(), a._ptr, b._ptr, d._ptr, opt, writer._timeout, out
     )
     return _ckpt_outcome(code, out)
 
@@ -815,7 +855,7 @@ def secondary_checkpoint(
     out = ffi.new("struct colo_ckpt_result *")
     opt = _ckpt_options(generation, epoch, page_hashes)
     code = lib.colo_secondary_checkpoint(
-        writer._fd, reader._ptr, dom._p(), dirty._ptr, opt, writer._timeout, out
+        writer._fd, reader._p(), dom._p(), dirty._ptr, opt, writer._timeout, out
     )
     return _ckpt_outcome(code, out)
 

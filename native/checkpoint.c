@@ -175,21 +175,16 @@ static int secondary_applied(int fd, colo_domain *dom, colo_bitmap *dirty, const
                              timeout_ms);
 }
 
-int colo_secondary_checkpoint(int fd, colo_reader *fwd, colo_domain *dom, colo_bitmap *dirty,
-                              const struct colo_ckpt_options *opt, int timeout_ms,
-                              struct colo_ckpt_result *out)
+static int secondary_steps(int fd, colo_reader *fwd, colo_domain *dom, colo_bitmap *dirty,
+                           const struct colo_ckpt_options *opt, int timeout_ms, struct colo_ckpt_result *out)
 {
     struct colo_event ev;
     uint64_t pause_start;
     int rc;
-    memset(out, 0, sizeof(*out));
-    out->epoch = opt->epoch;
-    out->t_request_ns = colo_now_ns();
-    if ((rc = colo_domain_pause(dom)) != COLO_OK)
+    if ((rc = colo_reader_expect_checkpoint(fwd, dom, opt->generation, opt->epoch)) ||
+        (rc = colo_domain_pause(dom)))
         return rc;
     pause_start = colo_now_ns();
-    /* On any error the guest stays paused with its last whole checkpoint:
-     * whatever was staged is dropped, nothing half-applied runs. */
     if ((rc = secondary_suspend(fd, dom, dirty, opt, timeout_ms, out)) ||
         (rc = expect(fwd, COLO_EV_CHECKPOINT, 0, opt->epoch, "CHECKPOINT", &ev)) ||
         (rc = secondary_applied(fd, dom, dirty, opt, &ev, timeout_ms, out)) ||
@@ -198,4 +193,21 @@ int colo_secondary_checkpoint(int fd, colo_reader *fwd, colo_domain *dom, colo_b
     out->pause_ns = colo_now_ns() - pause_start;
     out->t_resumed_ns = colo_now_ns();
     return colo_write_control(fd, COLO_CTL_SECONDARY_RESUMED, opt->generation, opt->epoch, timeout_ms);
+}
+
+int colo_secondary_checkpoint(int fd, colo_reader *fwd, colo_domain *dom, colo_bitmap *dirty,
+                              const struct colo_ckpt_options *opt, int timeout_ms,
+                              struct colo_ckpt_result *out)
+{
+    int rc;
+    memset(out, 0, sizeof(*out));
+    out->epoch = opt->epoch;
+    out->t_request_ns = colo_now_ns();
+    /* The CHECKPOINT is checked whole (generation, epoch, last_seq) before it
+     * applies.  On any error the guest stays paused with its last whole
+     * checkpoint: whatever was staged is dropped (a record the call did not
+     * want, a timeout between records), nothing half-applied runs. */
+    if ((rc = secondary_steps(fd, fwd, dom, dirty, opt, timeout_ms, out)) != COLO_OK)
+        colo_reader_abort(fwd);
+    return rc;
 }

@@ -54,7 +54,8 @@ enum colo_error {
     COLO_E_SERVICE = 28,         /* guest service rejected a request */
     COLO_E_PAUSED = 29,          /* the guest is paused and cannot serve */
     COLO_E_DUPLICATE = 30,       /* the guest already processed this request */
-    COLO_E_DISARMED = 31         /* an armed checkpoint ended without starting */
+    COLO_E_DISARMED = 31,        /* an armed checkpoint ended without starting */
+    COLO_E_WRONG_GENERATION = 32 /* record of a generation other than its stream's */
 };
 
 /* Stream record types (docs/stream.md).  Xen's numbers where Xen has the
@@ -174,6 +175,11 @@ int colo_domain_context_set(colo_domain *dom, const uint8_t *buf, uint64_t len);
 int colo_domain_read_page(colo_domain *dom, uint64_t pfn, uint8_t *buf);
 int colo_domain_write_page(colo_domain *dom, uint64_t pfn, const uint8_t *buf);
 
+/* What is staged for a checkpoint and not applied yet (tests, fuzzing):
+ * *pages pages, and *context 1 when a context is; 0 and 0 between
+ * checkpoints. */
+void colo_domain_staged(const colo_domain *dom, uint64_t *pages, int *context);
+
 /* Hashes (xxh64).  page_hashes, when not NULL, gets one hash per page. */
 int colo_domain_hash(colo_domain *dom, uint64_t *memory_hash,
                      uint64_t *context_hash, uint64_t *page_hashes);
@@ -261,9 +267,15 @@ typedef struct colo_reader colo_reader;
 /* dom is this side's domain: the peer's header must match its type and
  * size; forward, it receives PAGE_DATA/HVM_CONTEXT.  dirty_out receives
  * the back channel's dirty lists (back only; NULL forward).  Records of a
- * generation below min_generation are refused.  timeout_ms bounds every
- * wait inside a record; idle_timeout_ms the wait for the next record
- * (a COLO_E_TIMEOUT there leaves the reader usable). */
+ * generation below min_generation are refused (COLO_E_STALE_GENERATION);
+ * min_generation is also the stream's generation, and a sync point or
+ * CHECKPOINT of a higher one is refused too (COLO_E_WRONG_GENERATION; 0:
+ * a stream of no generation, for tests and tools: pairs start at 1).
+ * timeout_ms bounds every wait inside a record; idle_timeout_ms the wait
+ * for the next record (a COLO_E_TIMEOUT there leaves the reader usable).
+ * A new reader drops whatever is staged on dom (an older stream's
+ * checkpoint can no longer complete); freeing a reader drops what it
+ * staged.  Free every reader of a domain before the domain. */
 int colo_reader_new(int fd, int direction, colo_domain *dom,
                     colo_bitmap *dirty_out, uint64_t min_generation,
                     int timeout_ms, int idle_timeout_ms, colo_reader **out);
@@ -271,8 +283,12 @@ void colo_reader_free(colo_reader *r);
 /* Reads and checks the image and domain headers. */
 int colo_reader_header(colo_reader *r);
 /* Reads records until one the caller must see.  Pages and context are
- * staged in the domain and applied only by a whole CHECKPOINT; on any
- * error the staged state is discarded and guest memory is untouched. */
+ * staged in the domain and applied only by a whole CHECKPOINT, once what
+ * it claims is checked (its generation the stream's, its last_seq not
+ * below the last applied one; in colo_secondary_checkpoint also its
+ * epoch the one requested).  Any other record the caller must see while
+ * a checkpoint is staged tears it (COLO_E_PROTOCOL).  On any error the
+ * staged state is discarded and guest memory is untouched. */
 int colo_reader_next(colo_reader *r, struct colo_event *ev);
 void colo_reader_set_timeouts(colo_reader *r, int timeout_ms, int idle_timeout_ms);
 void colo_reader_set_min_generation(colo_reader *r, uint64_t min_generation);
@@ -464,8 +480,10 @@ struct colo_ckpt_result {
 int colo_primary_checkpoint(int fd, colo_reader *back, colo_domain *dom, colo_bitmap *a,
                             colo_bitmap *b, colo_bitmap *d, const struct colo_ckpt_options *opt,
                             int timeout_ms, struct colo_ckpt_result *out);
-/* Secondary, once CHECKPOINT_REQUEST of opt->epoch was read from fwd.  On
- * error the guest stays paused with its last whole checkpoint. */
+/* Secondary, once CHECKPOINT_REQUEST of opt->epoch was read from fwd (the
+ * forward reader of dom).  The CHECKPOINT must be of opt->generation and
+ * opt->epoch.  On error the guest stays paused with its last whole
+ * checkpoint, nothing is left staged, and fwd refuses further reads. */
 int colo_secondary_checkpoint(int fd, colo_reader *fwd, colo_domain *dom, colo_bitmap *dirty,
                               const struct colo_ckpt_options *opt, int timeout_ms,
                               struct colo_ckpt_result *out);

@@ -207,6 +207,13 @@ void colo_stage_discard(colo_domain *dom)
     st->n = 0;
     st->has_context = 0;
     st->context_len = 0;
+    st->owner = NULL;
+}
+
+void colo_domain_staged(const colo_domain *dom, uint64_t *pages, int *context)
+{
+    *pages = dom->staging.n;
+    *context = dom->staging.has_context;
 }
 
 /* Adds STAGE_GROW_PAGES slots backed by one new chunk of the domain's. */

@@ -45,6 +45,7 @@ static const char *const texts[] = {
     [COLO_E_PAUSED] = "the guest is paused",
     [COLO_E_DUPLICATE] = "request already processed",
     [COLO_E_DISARMED] = "armed checkpoint ended without starting",
+    [COLO_E_WRONG_GENERATION] = "record of another generation than its stream's",
 };
 
 const char *colo_version(void) { return COLO_VERSION; }

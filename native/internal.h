@@ -82,6 +82,7 @@ struct colo_staging {
     uint8_t *context;
     uint64_t context_len;
     int has_context;
+    const void *owner;       /* the reader staging into it; NULL when nothing is staged */
 };
 
 /* Page memory the domain owns: mmap'd chunks, all unmapped at close. */
@@ -114,6 +115,15 @@ int colo_stage_page(colo_domain *dom, uint64_t pfn, uint8_t **buf);
 int colo_stage_context(colo_domain *dom, const uint8_t *buf, uint64_t len);
 /* Applies everything staged in one step (domain must be paused). */
 int colo_stage_commit(colo_domain *dom, uint64_t *pages_applied);
+
+/* stream.c: for checkpoint.c. */
+/* The next CHECKPOINT fwd reads must be of generation and epoch (checked
+ * before it applies); COLO_E_INVAL unless fwd is dom's forward reader. */
+int colo_reader_expect_checkpoint(colo_reader *fwd, const colo_domain *dom, uint64_t generation,
+                                  uint64_t epoch);
+/* A checkpoint call failed: what the reader staged is dropped, and the
+ * stream refuses further reads (the connection is to be closed). */
+void colo_reader_abort(colo_reader *r);
 
 /* ---- sim guest, for the guest service (sim.c, used by service.c) ------- */
 

@@ -245,6 +245,12 @@ struct colo_reader {
     colo_domain *dom;
     colo_bitmap *dirty_out;
     uint64_t min_generation;
+    uint64_t generation;     /* the stream's: min_generation at creation (0: none) */
+    uint64_t last_seq;       /* of the last CHECKPOINT applied: a later one may not go below */
+    int staged;              /* this reader has staged part of a checkpoint into dom */
+    int expect;              /* the next CHECKPOINT must be of expect_generation and expect_epoch */
+    uint64_t expect_generation;
+    uint64_t expect_epoch;
     int timeout_ms;
     int idle_timeout_ms;
     int have_header;
@@ -281,17 +287,30 @@ int colo_reader_new(int fd, int direction, colo_domain *dom, colo_bitmap *dirty_
     r->direction = direction;
     r->dom = dom;
     r->dirty_out = dirty_out;
-    r->min_generation = min_generation;
+    r->min_generation = r->generation = min_generation;
     r->timeout_ms = timeout_ms;
     r->idle_timeout_ms = idle_timeout_ms;
+    /* A new stream on the domain: what an older one staged can never
+     * complete (and the older reader refuses to go on with it). */
+    colo_stage_discard(dom);
     *out = r;
     return COLO_OK;
+}
+
+/* What this reader staged is dropped; another reader's stage is its own. */
+static void drop_stage(colo_reader *r)
+{
+    if (r->dom->staging.owner == r)
+        colo_stage_discard(r->dom);
+    r->staged = 0;
 }
 
 void colo_reader_free(colo_reader *r)
 {
     if (r == NULL)
         return;
+    if (r->dom)  /* NULL only when colo_reader_new failed early */
+        drop_stage(r);
     free(r->buf);
     free(r->iov);
     free(r);
@@ -456,6 +475,29 @@ static int check_pfns(const colo_reader *r, const uint64_t *pfns, uint64_t n)
     return COLO_OK;
 }
 
+/* The domain's stage holds what this reader staged of the current
+ * checkpoint and nothing else: empty before its first record, and not
+ * dropped since (a reader opened on the domain drops it). */
+static int own_stage(const colo_reader *r)
+{
+    if (r->dom->staging.owner == (r->staged ? (const void *)r : NULL))
+        return COLO_OK;
+    return colo_fail(COLO_E_PROTOCOL, r->staged ? "the checkpoint this stream was staging was dropped "
+                                                  "(a reader was opened on the domain)"
+                                                : "the domain's stage holds another stream's checkpoint");
+}
+
+/* Before a record is staged: the stage is this reader's from now on. */
+static int claim_stage(colo_reader *r)
+{
+    int rc = own_stage(r);
+    if (rc == COLO_OK) {
+        r->dom->staging.owner = r;
+        r->staged = 1;
+    }
+    return rc;
+}
+
 static int on_page_data(colo_reader *r, uint64_t len)
 {
     uint8_t head[PAGE_DATA_HEAD];
@@ -473,7 +515,7 @@ static int on_page_data(colo_reader *r, uint64_t len)
         return rc;
     for (uint64_t i = 0; i < count; i++)
         pfns[i] = le64toh(pfns[i]);
-    if ((rc = check_pfns(r, pfns, count)) != COLO_OK)
+    if ((rc = check_pfns(r, pfns, count)) != COLO_OK || (rc = claim_stage(r)) != COLO_OK)
         return rc;
     for (uint64_t i = 0; i < count; i++) {
         uint8_t *slot;
@@ -492,6 +534,8 @@ static int on_context(colo_reader *r, uint64_t len)
     int rc = rd_body(r, len);
     if (rc == COLO_OK)
         rc = rd_padding(r, COLO_REC_HVM_CONTEXT, len);
+    if (rc == COLO_OK)
+        rc = claim_stage(r);
     if (rc == COLO_OK && (rc = colo_stage_context(r->dom, r->buf, len)) == COLO_E_INVAL)
         return colo_fail(COLO_E_BAD_LENGTH, "HVM_CONTEXT of %llu bytes refused by the %s backend",
                          (unsigned long long)len, r->dom->ops->name);
@@ -500,10 +544,13 @@ static int on_context(colo_reader *r, uint64_t len)
 
 static int check_generation(const colo_reader *r, uint64_t generation)
 {
-    if (generation >= r->min_generation)
-        return COLO_OK;
-    return colo_fail(COLO_E_STALE_GENERATION, "record of generation %llu, this side is at %llu: refused",
-                     (unsigned long long)generation, (unsigned long long)r->min_generation);
+    if (generation < r->min_generation)
+        return colo_fail(COLO_E_STALE_GENERATION, "record of generation %llu, this side is at %llu: refused",
+                         (unsigned long long)generation, (unsigned long long)r->min_generation);
+    if (r->generation && generation != r->generation)
+        return colo_fail(COLO_E_WRONG_GENERATION, "record of generation %llu on the stream of generation %llu",
+                         (unsigned long long)generation, (unsigned long long)r->generation);
+    return COLO_OK;
 }
 
 static int on_control(colo_reader *r, struct colo_event *ev)
@@ -579,6 +626,24 @@ static int on_verify(colo_reader *r, uint64_t len, struct colo_event *ev)
     return COLO_OK;
 }
 
+/* Everything a CHECKPOINT claims, before anything of it applies. */
+static int check_checkpoint(const colo_reader *r, const struct colo_event *ev)
+{
+    int rc = check_generation(r, ev->generation);
+    if (rc)
+        return rc;
+    if (r->expect && ev->generation != r->expect_generation)
+        return colo_fail(COLO_E_WRONG_GENERATION, "CHECKPOINT of generation %llu, the checkpoint is of %llu",
+                         (unsigned long long)ev->generation, (unsigned long long)r->expect_generation);
+    if (r->expect && ev->epoch != r->expect_epoch)
+        return colo_fail(COLO_E_PROTOCOL, "CHECKPOINT of epoch %llu, epoch %llu was requested",
+                         (unsigned long long)ev->epoch, (unsigned long long)r->expect_epoch);
+    if (ev->last_seq < r->last_seq)
+        return colo_fail(COLO_E_PROTOCOL, "CHECKPOINT with last_seq %llu, below the last applied %llu",
+                         (unsigned long long)ev->last_seq, (unsigned long long)r->last_seq);
+    return own_stage(r);
+}
+
 static int on_checkpoint(colo_reader *r, struct colo_event *ev)
 {
     int rc = rd_body(r, CHECKPOINT_BODY);
@@ -588,9 +653,26 @@ static int on_checkpoint(colo_reader *r, struct colo_event *ev)
     ev->generation = get64(r->buf);
     ev->epoch = get64(r->buf + 8);
     ev->last_seq = get64(r->buf + 16);
-    if ((rc = check_generation(r, ev->generation)) != COLO_OK)
+    rc = check_checkpoint(r, ev);
+    r->expect = 0;  /* an expectation is for one CHECKPOINT */
+    if (rc)
         return rc;
-    return colo_stage_commit(r->dom, &ev->pages);
+    rc = colo_stage_commit(r->dom, &ev->pages);  /* empties the stage, applied or not */
+    r->staged = 0;
+    if (rc == COLO_OK)
+        r->last_seq = ev->last_seq;
+    return rc;
+}
+
+/* A record the caller must see, other than the CHECKPOINT that ends a
+ * staged checkpoint, tears it: it is not applied (END, a sync point,
+ * VERIFY between the pages of one checkpoint). */
+static int check_not_torn(const colo_reader *r, const struct colo_event *ev)
+{
+    if (!r->staged || ev->kind == 0 || ev->kind == COLO_EV_CHECKPOINT)
+        return COLO_OK;
+    return colo_fail(COLO_E_PROTOCOL, "event kind %u (control %u, epoch %llu) inside a checkpoint: torn, not applied",
+                     ev->kind, ev->control_id, (unsigned long long)ev->epoch);
 }
 
 /* One record; ev->kind stays 0 for the ones the caller need not see. */
@@ -609,13 +691,14 @@ static int read_record(colo_reader *r, struct colo_event *ev)
     switch (type) {
     case COLO_REC_PAGE_DATA: return on_page_data(r, len);
     case COLO_REC_HVM_CONTEXT: return on_context(r, len);
-    case COLO_REC_CHECKPOINT_STATE: return on_control(r, ev);
+    case COLO_REC_CHECKPOINT_STATE: rc = on_control(r, ev); break;
     case COLO_REC_CHECKPOINT_DIRTY_PFN_LIST: return on_dirty_list(r, len, ev);
-    case COLO_REC_VERIFY: return on_verify(r, len, ev);
+    case COLO_REC_VERIFY: rc = on_verify(r, len, ev); break;
     case COLO_REC_CHECKPOINT: return on_checkpoint(r, ev);
-    case COLO_REC_END: ev->kind = COLO_EV_END; return COLO_OK;
+    case COLO_REC_END: ev->kind = COLO_EV_END; break;
     default: return skip_record(r, type, len);
     }
+    return rc ? rc : check_not_torn(r, ev);
 }
 
 /* Waits for the next record to start; a timeout here breaks nothing. */
@@ -650,10 +733,25 @@ int colo_reader_next(colo_reader *r, struct colo_event *ev)
             rc = read_record(r, ev);
     } while (rc == COLO_OK && ev->kind == 0);
     ev->bytes = r->bytes - r->event_start;
-    if (rc) {
-        /* A torn or bad checkpoint is dropped whole; guest memory untouched. */
-        colo_stage_discard(r->dom);
-        r->broken = 1;
-    }
+    if (rc)  /* a torn or bad checkpoint is dropped whole; guest memory untouched */
+        colo_reader_abort(r);
     return rc;
+}
+
+void colo_reader_abort(colo_reader *r)
+{
+    drop_stage(r);
+    r->expect = 0;
+    r->broken = 1;
+}
+
+int colo_reader_expect_checkpoint(colo_reader *fwd, const colo_domain *dom, uint64_t generation,
+                                  uint64_t epoch)
+{
+    if (fwd->dom != dom || fwd->direction != COLO_DIR_FORWARD)
+        return colo_fail(COLO_E_INVAL, "a checkpoint applies into its domain through that domain's forward reader");
+    fwd->expect = 1;
+    fwd->expect_generation = generation;
+    fwd->expect_epoch = epoch;
+    return COLO_OK;
 }
