@@ -16,6 +16,14 @@ from colo_plane._proto import colo_pb2, colo_pb2_grpc
 log = logging.getLogger(__name__)
 
 
+class HostNotRegistered(Exception):
+    """No agent of that host id ever registered with this coordinator."""
+
+    def __init__(self, host_id: str) -> None:
+        super().__init__(f"host {host_id or '(none)'} is not registered")
+        self.host_id = host_id
+
+
 @dataclass
 class AgentRecord:
     info: colo_pb2.AgentInfo  # roles are filled in when listed
@@ -98,7 +106,10 @@ class AgentRegistry:
 
     def client(self, host_id: str) -> AgentClient:
         """A client for host_id's Agent service (channels are shared per address)."""
-        address = self.agents[host_id].info.grpc_address
+        agent = self.agents.get(host_id)
+        if agent is None:
+            raise HostNotRegistered(host_id)
+        address = agent.info.grpc_address
         client = self._clients.get((host_id, address))
         if client is None:
             channel = self._channels.get(address)

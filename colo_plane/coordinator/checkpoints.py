@@ -26,18 +26,19 @@ from prometheus_client import Counter, Histogram
 
 from colo_plane import metrics
 from colo_plane._proto import colo_pb2
-from colo_plane.coordinator.agents import AgentRegistry
+from colo_plane.coordinator.agents import AgentRegistry, HostNotRegistered
 from colo_plane.coordinator.settings import Settings
 from colo_plane.coordinator.statemachine import PROTECTED, STOPPED, PairMachine, PairRecord, trigger_name
-from colo_plane.rpc import duration, seconds
+from colo_plane.rpc import duration, reason_of, seconds
 
 log = logging.getLogger(__name__)
 
 Result = asyncio.Future[colo_pb2.AgentCheckpointResponse]
 
 # Errors after which the agent has closed the data connection: no further
-# checkpoint can work until the pair is re-protected.
+# checkpoint can work until the pair is re-protected (but a BUSY refusal).
 LINK_LOST = (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION)
+GUEST_MISSING = frozenset({colo_pb2.ERROR_REASON_DOMAIN_NOT_HELD, colo_pb2.ERROR_REASON_DOMAIN_GONE})
 
 
 ARM_RETRY = 0.2  # seconds after a failed checkpoint before the next epoch is armed
@@ -211,7 +212,7 @@ class CheckpointDriver:
         armed.fired, armed.trigger, armed.since = True, trigger, time.perf_counter()
         try:
             client = self.registry.client(d.rec.pair.primary_host)
-        except KeyError:
+        except HostNotRegistered:
             return  # the armed call fails on its own
         fire = colo_pb2.AgentCheckpointRequest()
         fire.CopyFrom(req)
@@ -318,7 +319,7 @@ class CheckpointDriver:
         try:
             try:
                 client = self.registry.client(primary)
-            except KeyError:
+            except HostNotRegistered:
                 self._failed(
                     d,
                     wanted,
@@ -343,7 +344,13 @@ class CheckpointDriver:
                 exc = call.exception()
                 assert isinstance(exc, grpc.aio.AioRpcError)
                 self._failed(
-                    d, wanted, generation, epoch, code=exc.code(), details=exc.details() or exc.code().name
+                    d,
+                    wanted,
+                    generation,
+                    epoch,
+                    code=exc.code(),
+                    details=exc.details() or exc.code().name,
+                    reason=reason_of(exc),
                 )
                 return False
             if call.cancelled() or rec.generation != generation or rec.pair.pending_epoch != epoch:
@@ -426,6 +433,7 @@ class CheckpointDriver:
         *,
         code: grpc.StatusCode,
         details: str,
+        reason: colo_pb2.ErrorReason = colo_pb2.ERROR_REASON_UNSPECIFIED,
     ) -> None:
         rec = d.rec
         message = f"{code.name} from primary {rec.pair.primary_host}: {details}"
@@ -439,11 +447,11 @@ class CheckpointDriver:
         self.machine.checkpoint_failed(rec, epoch, wanted.trigger, message)
         if code == grpc.StatusCode.UNAVAILABLE and self.on_unreachable is not None:
             self.on_unreachable(rec.pair.primary_host)  # the primary may be down: confirm now
-        if code == grpc.StatusCode.NOT_FOUND:
-            # The primary's agent holds no such domain: which side still holds the guest
-            # is checked before anything is given up (roles.copy_on), so at once.
+        if reason in GUEST_MISSING:
+            # The primary holds no such domain, or it is gone: which side still holds the
+            # guest is checked before anything is given up (roles.copy_on), so at once.
             self.on_trouble(rec, generation, message)
-        elif code in LINK_LOST and "busy" not in details:
+        elif code in LINK_LOST and reason != colo_pb2.ERROR_REASON_BUSY:
             rec.link_broken = message
             if self.on_unreachable is not None and rec.pair.secondary_host:
                 self.on_unreachable(rec.pair.secondary_host)  # the secondary may be down: confirm now

@@ -24,7 +24,7 @@ import grpc
 
 from colo_plane._proto import colo_pb2
 from colo_plane.coordinator import placement
-from colo_plane.coordinator.agents import AgentRegistry
+from colo_plane.coordinator.agents import AgentRegistry, HostNotRegistered
 from colo_plane.coordinator.checkpoints import CheckpointDriver, CheckpointError
 from colo_plane.coordinator.settings import Settings
 from colo_plane.coordinator.statemachine import (
@@ -38,7 +38,7 @@ from colo_plane.coordinator.statemachine import (
     PairRecord,
     cause_name,
 )
-from colo_plane.rpc import duration, fail
+from colo_plane.rpc import duration, fail, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ SECONDARY_LOST = colo_pb2.FAILOVER_CAUSE_SECONDARY_LOST
 SECONDARY_UNHEALTHY = colo_pb2.FAILOVER_CAUSE_SECONDARY_UNHEALTHY
 PRIMARY_DOMAIN_GONE = colo_pb2.FAILOVER_CAUSE_PRIMARY_DOMAIN_GONE
 SECONDARY_DOMAIN_GONE = colo_pb2.FAILOVER_CAUSE_SECONDARY_DOMAIN_GONE
+# Promote refused because the target already moved on (a lost answer): ask it.
+PROMOTE_REFUSALS = frozenset(
+    {
+        colo_pb2.ERROR_REASON_GENERATION_NOT_ABOVE,
+        colo_pb2.ERROR_REASON_ROLE_CONFLICT,
+        colo_pb2.ERROR_REASON_STALE_GENERATION,
+    }
+)
 COPY_CHECK_TIMEOUT = 0.5  # seconds a host has to say whether it holds a pair's guest
 
 
@@ -143,10 +151,10 @@ class Roles:
             status = await self.registry.client(host).status(
                 colo_pb2.GetStatusRequest(domain=domain), timeout=COPY_CHECK_TIMEOUT
             )
-        except KeyError:
+        except HostNotRegistered:
             return Copy.UNKNOWN
         except grpc.aio.AioRpcError as exc:
-            return Copy.GONE if exc.code() == grpc.StatusCode.NOT_FOUND else Copy.UNKNOWN
+            return Copy.GONE if reason_of(exc) == colo_pb2.ERROR_REASON_DOMAIN_NOT_HELD else Copy.UNKNOWN
         held = [d for d in status.domains if d.domain == domain]
         return Copy.HELD if held and not held[0].domain_gone else Copy.GONE
 
@@ -215,8 +223,8 @@ class Roles:
                 ),
                 timeout=s.first_boot_timeout + s.rpc_timeout,
             )
-        except (grpc.aio.AioRpcError, KeyError) as exc:
-            message = _why(exc) if isinstance(exc, grpc.aio.AioRpcError) else f"host {exc} is not registered"
+        except (grpc.aio.AioRpcError, HostNotRegistered) as exc:
+            message = _why(exc) if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             if rec.generation == generation and rec.state == SYNCING:
                 self.machine.first_boot_failed(rec, f"first boot {primary} -> {secondary} failed: {message}")
                 rec.reprotect_after = time.monotonic() + s.reprotect_backoff
@@ -242,7 +250,8 @@ class Roles:
             choice = self.place(rec, preferred=rec.preferred_secondary)
             if choice is None:
                 rec.reprotect_after = time.monotonic() + self.settings.reprotect_backoff
-                if "no host can take" not in rec.pair.last_error:
+                if not rec.unplaced:  # said once, not every retry
+                    rec.unplaced = True
                     self.machine.error(
                         rec,
                         "no host can take the secondary (all others dead, draining, full or "
@@ -256,7 +265,7 @@ class Roles:
                     "the guest: nothing to re-protect from",
                 )
                 return
-            rec.preferred_secondary = ""
+            rec.preferred_secondary, rec.unplaced = "", False
             await self._first_boot(rec, choice.host_id, choice.why)
 
     # -- the primary is lost: promote the secondary ------------------------------------
@@ -355,15 +364,12 @@ class Roles:
             try:
                 return await client.promote(req, timeout=self.settings.rpc_timeout)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                refused = reason_of(exc) in PROMOTE_REFUSALS
+                if refused:
                     done = await self._already_promoted(target, req)
                     if done is not None:
                         return done
-                if (
-                    exc.code() == grpc.StatusCode.FAILED_PRECONDITION
-                    or not self.registry.is_alive(target)
-                    or time.monotonic() > give_up
-                ):
+                if refused or not self.registry.is_alive(target) or time.monotonic() > give_up:
                     self.machine.promotion_failed(
                         rec,
                         req.cause,
@@ -447,7 +453,7 @@ class Roles:
                 timeout=self.settings.rpc_timeout,
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
+            if reason_of(exc) != colo_pb2.ERROR_REASON_DOMAIN_NOT_HELD:
                 self.machine.error(rec, f"cannot tell primary {primary} it runs unprotected: {_why(exc)}")
         else:
             self.machine.unprotected_confirmed(rec, cause)
@@ -587,5 +593,5 @@ class Roles:
                 ),
                 timeout=self.settings.rpc_timeout,
             )
-        except (grpc.aio.AioRpcError, KeyError) as exc:
+        except (grpc.aio.AioRpcError, HostNotRegistered) as exc:
             log.warning("%s: release on %s failed: %s", domain, host, exc)

@@ -111,6 +111,7 @@ class PairRecord:
     link_broken: str = ""  # the data connection failed; no checkpoint until re-protected
     reprotect_after: float = 0.0  # time.monotonic() before which no re-protection is tried
     preferred_secondary: str = ""  # next secondary wanted (switchover: the old primary's host)
+    unplaced: bool = False  # re-protection found no host (said once in last_error, not every retry)
     dirty: bool = False  # has progress not yet written (checkpoint figures)
 
     @property

@@ -20,6 +20,7 @@ from colo_plane.coordinator.events import EventBus
 from colo_plane.coordinator.settings import Settings
 from colo_plane.coordinator.statemachine import CHECKPOINTING, PROTECTED, PairMachine, PairRecord
 from colo_plane.coordinator.store import SqliteStore
+from colo_plane.rpc import RpcError
 
 REQUEST = colo_pb2.CHECKPOINT_TRIGGER_REQUEST
 MANUAL = colo_pb2.CHECKPOINT_TRIGGER_MANUAL
@@ -221,3 +222,71 @@ def test_an_armed_epoch_started_by_a_held_reply_is_recorded_as_requested(tmp_pat
 @pytest.mark.parametrize("overtaken", [False, True], ids=["in-order", "second-call-first"])
 def test_a_wanted_checkpoint_fires_the_armed_epoch(tmp_path: Path, overtaken: bool) -> None:
     asyncio.run(_armed_fired(tmp_path, overtaken))
+
+
+class RefusingPrimary(GatedPrimary):
+    """Fails every Checkpoint with a status whose ErrorInfo says `reason`, and
+    whatever message text the test chose."""
+
+    def __init__(self, code: grpc.StatusCode, reason: int, text: str) -> None:
+        super().__init__()
+        self.error = RpcError(code, text, reason=reason)  # type: ignore[arg-type]
+
+    async def checkpoint(
+        self, req: colo_pb2.AgentCheckpointRequest, *, timeout: float
+    ) -> colo_pb2.AgentCheckpointResponse:
+        self.calls.append(req)
+        trailers = grpc.aio.Metadata(*self.error.trailers())
+        raise grpc.aio.AioRpcError(self.error.code, grpc.aio.Metadata(), trailers, details=self.error.message)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "text", "broken"),
+    [
+        # The agent's own words for busy, and words that say nothing of it: the reason decides.
+        (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            colo_pb2.ERROR_REASON_BUSY,
+            "vm1 is busy with a command",
+            False,
+        ),
+        (grpc.StatusCode.FAILED_PRECONDITION, colo_pb2.ERROR_REASON_BUSY, "je suis occupé", False),
+        # A broken epoch whose text happens to say "busy": still a lost link.
+        (grpc.StatusCode.ABORTED, colo_pb2.ERROR_REASON_EPOCH_FAILED, "the line was busy, then cut", True),
+        (grpc.StatusCode.ABORTED, colo_pb2.ERROR_REASON_EPOCH_FAILED, "epoch 2 failed", True),
+    ],
+    ids=["busy", "busy-other-words", "failed-says-busy", "failed"],
+)
+def test_retry_decisions_read_the_reason_not_the_message(
+    tmp_path: Path, code: grpc.StatusCode, reason: int, text: str, broken: bool
+) -> None:
+    async def go() -> None:
+        _, driver, rec, _, trouble = await _setup(tmp_path, RefusingPrimary(code, reason, text))
+        _, _, result = driver.want("vm1", MANUAL, wait=True)
+        assert result is not None
+        with pytest.raises(Exception, match=code.name):
+            await asyncio.wait_for(result, 1)
+        assert bool(rec.link_broken) is broken
+        assert bool(trouble) is broken
+        await driver.close()
+
+    asyncio.run(go())
+
+
+def test_a_missing_guest_goes_to_the_copy_check_at_once(tmp_path: Path) -> None:
+    """DOMAIN_NOT_HELD / DOMAIN_GONE: the trouble handler (roles' copy check) hears at
+    the first failure, whatever the text says, without waiting for three."""
+
+    async def go() -> None:
+        for reason in (colo_pb2.ERROR_REASON_DOMAIN_NOT_HELD, colo_pb2.ERROR_REASON_DOMAIN_GONE):
+            primary = RefusingPrimary(grpc.StatusCode.FAILED_PRECONDITION, reason, "?")
+            (tmp_path / str(reason)).mkdir()
+            _, driver, _, _, trouble = await _setup(tmp_path / str(reason), primary)
+            _, _, result = driver.want("vm1", MANUAL, wait=True)
+            assert result is not None
+            with pytest.raises(Exception, match="FAILED_PRECONDITION"):
+                await asyncio.wait_for(result, 1)
+            assert len(trouble) == 1, reason
+            await driver.close()
+
+    asyncio.run(go())
