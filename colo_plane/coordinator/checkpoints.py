@@ -413,14 +413,9 @@ class CheckpointDriver:
             return
         wanted.trigger = resp.trigger or colo_pb2.CHECKPOINT_TRIGGER_TIMER
         if wanted.trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST:
-            rec.pair.divergences += 1  # the primary's proxy held a reply: it started at once
-            self.machine.emit(
-                rec,
-                colo_pb2.EVENT_KIND_CHECKPOINT_REQUESTED,
-                epoch=epoch,
-                host_id=rec.pair.primary_host,
-                reason=resp.reason,
-                request_seq=resp.request_seq,
+            # The primary's proxy held a reply: the armed epoch started at once.
+            self.machine.divergence(
+                rec, epoch=epoch, host=rec.pair.primary_host, reason=resp.reason, request_seq=resp.request_seq
             )
         self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
 

@@ -552,12 +552,10 @@ class Coordinator:
                 reason=colo_pb2.ERROR_REASON_WRONG_STATE,
             )
         epoch, coalesced, _ = self.driver.want(rec.domain, colo_pb2.CHECKPOINT_TRIGGER_REQUEST)
-        rec.pair.divergences += 1
-        self.machine.emit(
+        self.machine.divergence(
             rec,
-            colo_pb2.EVENT_KIND_CHECKPOINT_REQUESTED,
             epoch=epoch,
-            host_id=req.host_id,
+            host=req.host_id,
             reason=req.reason,
             request_seq=req.request_seq,
             message=req.detail,
