@@ -19,7 +19,7 @@ from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink, domains, handshake, proxy
 from colo_plane.agent.flags import POLL_US
 from colo_plane.agent.primary import Outcome, PrimaryLink, TestHooks
-from colo_plane.agent.replica import Armed, Replica, stats_to_proto, verify_to_proto
+from colo_plane.agent.replica import Armed, Replica
 from colo_plane.agent.secondary import ProtocolError
 from colo_plane.agent.syncpoints import Role, SyncSink
 from colo_plane.rpc import RpcError, fail, seconds
@@ -310,8 +310,8 @@ class AgentCore:
             generation=req.generation,
             epoch=req.epoch,
             service_address=replica.service_address,
-            stats=stats_to_proto(outcome.stats),
-            verify=verify_to_proto(outcome.verify),
+            stats=outcome.stats.proto(),
+            verify=outcome.verify.proto(),
         )
 
     async def _serve_clients(self, replica: Replica) -> None:
@@ -559,8 +559,8 @@ class AgentCore:
             domain=req.domain,
             generation=req.generation,
             epoch=req.epoch,
-            stats=stats_to_proto(outcome.stats),
-            verify=verify_to_proto(outcome.verify),
+            stats=outcome.stats.proto(),
+            verify=outcome.verify.proto(),
             trigger=req.trigger,
         )
         why = outcome.armed

@@ -243,16 +243,7 @@ class PrimaryLink:
                 self._report_request(epoch, exc.checkpoint.t_request_ns)  # it was sent
             raise
         self._report_request(epoch, r.t_request_ns)
-        stats = Stats(
-            pages=r.pages,
-            dirty_a=r.dirty_a,
-            dirty_b=r.dirty_b,
-            dirty_d=r.dirty_d,
-            pause_ns=r.pause_ns,
-            last_seq=r.last_seq,
-            bytes=self._sent(r.pages),
-            duration_ns=r.t_resumed_ns - r.t_request_ns,
-        )
+        stats = Stats.of(r, sent_bytes=self._sent(r.pages))
         verify = Verify()
         if self.verify:
             mine = native.DomainHash(r.memory_hash, r.context_hash)

@@ -165,7 +165,7 @@ class Replica:
             peer_host_id=self.peer_host,
             peer_connected=(self.link is not None and not self.link.broken)
             or (self.loop is not None and not self.loop.state.finished),
-            last_checkpoint=stats_to_proto(self.last_stats),
+            last_checkpoint=self.last_stats.proto(),
             last_error=self.last_error,
             checkpoints=self.checkpoints,
             service_address=self.service_address,
@@ -175,33 +175,7 @@ class Replica:
         )
         v = self.last_verify
         if v.checked:
-            out.last_verify.CopyFrom(verify_to_proto(v))
+            out.last_verify.CopyFrom(v.proto())
         if digest is not None:
             out.memory_hash, out.context_hash = digest.memory, digest.context
         return out
-
-
-def verify_to_proto(v: Verify) -> colo_pb2.VerifyResult:
-    if not v.checked:
-        return colo_pb2.VerifyResult()
-    return colo_pb2.VerifyResult(
-        outcome=colo_pb2.VERIFY_OUTCOME_MATCH if v.match else colo_pb2.VERIFY_OUTCOME_MISMATCH,
-        memory_hash=v.memory_hash,
-        context_hash=v.context_hash,
-        mismatched_pfns=v.mismatched_pfns,
-        mismatched_pages=v.mismatched_pages,
-        context_mismatch=v.context_mismatch,
-    )
-
-
-def stats_to_proto(s: Stats) -> colo_pb2.CheckpointStats:
-    return colo_pb2.CheckpointStats(
-        pages=s.pages,
-        bytes=s.bytes,
-        dirty_a_pages=s.dirty_a,
-        dirty_b_pages=s.dirty_b,
-        dirty_d_pages=s.dirty_d,
-        pause_ns=s.pause_ns,
-        duration_ns=s.duration_ns,
-        last_seq=s.last_seq,
-    )

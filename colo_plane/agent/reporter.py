@@ -15,7 +15,6 @@ import grpc
 
 from colo_plane import metrics
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.agent.replica import stats_to_proto
 from colo_plane.agent.syncpoints import Role, SyncPoint
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ def to_proto(point: SyncPoint, host_id: str) -> colo_pb2.ReportSyncPointRequest:
         host_id=host_id,
         role=colo_pb2.ROLE_PRIMARY if point.role is Role.PRIMARY else colo_pb2.ROLE_SECONDARY,
         monotonic_ns=point.monotonic_ns,
-        stats=stats_to_proto(point.stats),
+        stats=point.stats.proto(),
     )
     if point.verify is not None and point.verify.checked:
         req.verify.memory_hash = point.verify.memory_hash

@@ -205,14 +205,7 @@ class SecondaryLoop:
                     self._report_suspended(exc.checkpoint)  # it was sent: the record says where we stopped
                 raise
             self.state.suspended = False
-            stats = Stats(
-                pages=r.pages,
-                bytes=r.bytes,
-                dirty_b=r.dirty_b,
-                last_seq=r.last_seq,
-                pause_ns=r.pause_ns,
-                duration_ns=r.t_resumed_ns - r.t_request_ns,
-            )
+            stats = Stats.of(r)
             self.state.epoch, self.state.last_seq = epoch, r.last_seq
             self.state.checkpoints += 1
             self.state.last_stats = stats
