@@ -441,18 +441,20 @@ class Domain:
         return int(lib.colo_sim_writes(self._p()))
 
     def serve(self, seq: int, request: bytes, reply_buf: ReplyBuffer | None = None) -> bytes:
-        """Sim: one request line to the guest's key-value service, its reply
-        line back.  Raises BackendError(PAUSED) while the guest is paused."""
+        """One request line to the guest's network endpoint (sim: its key-value
+        service), its reply line back.  Raises BackendError(PAUSED) while the
+        guest is paused, BackendError(UNSUPPORTED) on a domain without one."""
         buf = reply_buf or ReplyBuffer()
         n = ffi.new("uint64_t *")
         dom, seq = self._p(), _u64("seq", seq)
-        _check(lib.colo_sim_service(dom, seq, request, len(request), buf._buf, buf.size, n))
+        _check(lib.colo_domain_serve(dom, seq, request, len(request), buf._buf, buf.size, n))
         return bytes(ffi.buffer(buf._buf, int(n[0])))
 
     def service_seq(self) -> int:
-        """Sim: the highest request sequence number the guest has processed."""
+        """The highest request sequence number the guest has processed
+        (BackendError(UNSUPPORTED) on a domain without a network endpoint)."""
         seq = ffi.new("uint64_t *")
-        _check(lib.colo_sim_service_seq(self._p(), seq))
+        _check(lib.colo_domain_served_seq(self._p(), seq))
         return int(seq[0])
 
     def sim_dirty(self, pages: Bitmap) -> None:
@@ -931,7 +933,8 @@ class Proxy:
     clients of listener with dom's guest service and compares replies with
     the secondary's.  It takes the sockets over; close() stops it.  A client
     whose unsent output reaches output_max bytes is read no further until it
-    has read half of it (docs/proxy.md)."""
+    has read half of it (docs/proxy.md).  A domain whose backend has no guest
+    network hook is refused: BackendError(UNSUPPORTED)."""
 
     __slots__ = ("_dom", "_events", "_ptr")
 
@@ -1047,7 +1050,8 @@ class MirrorResult:
 
 class Mirror:
     """The secondary's end of the proxy (native/mirror.c): a C thread runs
-    the primary's requests on dom.  Takes the link over; close() stops it."""
+    the primary's requests on dom.  Takes the link over; close() stops it.
+    Refused as Proxy is on a domain without a guest network hook."""
 
     __slots__ = ("_dom", "_ptr")
 

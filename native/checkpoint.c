@@ -49,7 +49,7 @@ static void cork(int fd, int on)
 static uint64_t service_seq(colo_domain *dom)
 {
     uint64_t seq = 0;
-    return colo_sim_service_seq(dom, &seq) == COLO_OK ? seq : 0;
+    return colo_domain_served_seq(dom, &seq) == COLO_OK ? seq : 0;
 }
 
 /* ---- primary ------------------------------------------------------------- */

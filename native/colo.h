@@ -184,6 +184,21 @@ void colo_domain_staged(const colo_domain *dom, uint64_t *pages, int *context);
 int colo_domain_hash(colo_domain *dom, uint64_t *memory_hash,
                      uint64_t *context_hash, uint64_t *page_hashes);
 
+/* The guest's network endpoint, what the proxy serves clients with (the
+ * backend's guest network hooks, internal.h): one request line in, one
+ * reply line out, its state in guest memory (so checkpoints carry it).
+ * seq is the proxy's request sequence number; the guest remembers the
+ * highest it processed.  A running domain only: COLO_E_PAUSED otherwise.
+ * A seq at or below the last one processed is refused (COLO_E_DUPLICATE):
+ * a checkpoint already carried its effect.  A backend without the hooks
+ * answers COLO_E_UNSUPPORTED.  Sim: the key-value service of a domain with
+ * 2 or more service pages (service.c; requests "SET key value", "GET key",
+ * "DEL key", "COUNT", "PING"); xen: none yet. */
+int colo_domain_serve(colo_domain *dom, uint64_t seq, const uint8_t *req, uint64_t req_len,
+                      uint8_t *reply, uint64_t cap, uint64_t *reply_len);
+/* The highest request sequence number the guest has processed. */
+int colo_domain_served_seq(colo_domain *dom, uint64_t *seq);
+
 /* Sim: the guest writes every page of pages once, now (benches force a
  * dirty set of an exact size with it).  Other backends: COLO_E_UNSUPPORTED. */
 int colo_sim_dirty(colo_domain *dom, const colo_bitmap *pages);
@@ -196,18 +211,6 @@ int colo_sim_destroy(colo_domain *dom);
 
 /* Counters of the sim vCPU (0 on other backends). */
 uint64_t colo_sim_writes(const colo_domain *dom);
-
-/* Guest key-value service (sim, service.c): one request line in, one reply
- * line out, state kept in the service pages (so checkpoints carry it).
- * seq is the proxy's request sequence number; the guest remembers the
- * highest it processed.  Requests: "SET key value", "GET key", "DEL key",
- * "COUNT", "PING".  A running domain only: COLO_E_PAUSED otherwise.  A
- * seq at or below the last one processed is refused (COLO_E_DUPLICATE):
- * a checkpoint already carried its effect. */
-int colo_sim_service(colo_domain *dom, uint64_t seq, const uint8_t *req, uint64_t req_len,
-                     uint8_t *reply, uint64_t cap, uint64_t *reply_len);
-/* The highest request sequence number the guest has processed. */
-int colo_sim_service_seq(colo_domain *dom, uint64_t *seq);
 
 /* ---- the stream (stream.c) ---------------------------------------------- */
 
@@ -305,7 +308,10 @@ void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
 /* ---- the COLO proxy (proxy.c, mirror.c) ---------------------------------- */
 
 /* The proxy's data path (DESIGN.md section 5), on a thread of its own so no
- * client request crosses Python.  Sim guests only (the guest service).
+ * client request crosses Python.  It speaks to the guest through the
+ * backend's guest network hooks (colo_domain_serve): a domain without
+ * them (xen, a sim domain with fewer than 2 service pages) is refused at
+ * new, with COLO_E_UNSUPPORTED.
  *
  * Primary (colo_proxy): serves the clients accepted on listen_fd, one
  * request line -> one reply line, requests numbered after the guest's last

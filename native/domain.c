@@ -1,5 +1,6 @@
 /* domain.c - what every backend shares: page memory, staging of a received
- * checkpoint and its one-step commit, hashing, page copy-in/out. */
+ * checkpoint and its one-step commit, hashing, page copy-in/out, and the
+ * door to the guest's network endpoint (the backend's optional hooks). */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -112,6 +113,51 @@ int colo_domain_context_set(colo_domain *dom, const uint8_t *buf, uint64_t len)
                          (unsigned long long)len, COLO_MAX_CONTEXT_BYTES);
     return dom->ops->context_set(dom, buf, len);
 }
+
+/* ---- the guest's network endpoint -------------------------------------- */
+
+/* The refusal of a domain without the guest network hooks: which backend,
+ * what wanted them, and what the backend says to do instead. */
+static int no_guest_net(const colo_domain *dom, const char *who)
+{
+    const char *why = dom->ops->no_guest_net;
+    return colo_fail(COLO_E_UNSUPPORTED, "backend %s has no guest network hook, needed %s%s%s", dom->ops->name,
+                     who, why ? ": " : "", why ? why : "");
+}
+
+int colo_domain_need_guest_net(const colo_domain *dom, const char *who)
+{
+    const struct colo_backend_ops *ops = dom->ops;
+    return ops->serve && ops->served_seq && ops->resumed_fd ? COLO_OK : no_guest_net(dom, who);
+}
+
+/* On the proxy's hot path: one test and an indirect call, no lock. */
+int colo_domain_serve(colo_domain *dom, uint64_t seq, const uint8_t *req, uint64_t req_len, uint8_t *reply,
+                      uint64_t cap, uint64_t *reply_len)
+{
+    if (dom->ops->serve == NULL) {
+        *reply_len = 0;
+        return no_guest_net(dom, "to serve a request");
+    }
+    return dom->ops->serve(dom, seq, req, req_len, reply, cap, reply_len);
+}
+
+int colo_domain_served_seq(colo_domain *dom, uint64_t *seq)
+{
+    if (dom->ops->served_seq == NULL)
+        return no_guest_net(dom, "to read the last request served");
+    return dom->ops->served_seq(dom, seq);
+}
+
+int colo_domain_resumed_fd(const colo_domain *dom, int *fd)
+{
+    if (dom->ops->resumed_fd == NULL)
+        return no_guest_net(dom, "to wait for the guest to resume");
+    *fd = dom->ops->resumed_fd(dom);
+    return COLO_OK;
+}
+
+/* ---- pages -------------------------------------------------------------- */
 
 static int check_pfn(const colo_domain *dom, uint64_t pfn)
 {

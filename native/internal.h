@@ -70,6 +70,40 @@ struct colo_backend_ops {
     /* Optional: does the domain still exist?  *present = 0 once it was
      * destroyed or crashed under us.  NULL: always there. */
     int (*present)(colo_domain *dom, int *present);
+
+    /* ---- the guest's network endpoint: optional, all three or none ----
+     * What the COLO proxy (proxy.c, primary) and mirror (mirror.c,
+     * secondary) speak to: the guest's end of its clients' connections,
+     * as QEMU's colo-compare reaches the guest through its filters.  The
+     * proxy compares and holds replies; the guest, behind these hooks,
+     * makes them.  The sim backend fills them in with its key-value
+     * service (service.c); a real guest's network plugs in here.  Without
+     * them no proxy or mirror is attached to the domain: domain.c refuses
+     * with COLO_E_UNSUPPORTED and no_guest_net's reason.  They are called
+     * from the proxy's and the mirror's threads, the proxy's holding its
+     * own mutex: the backend takes the locks it needs itself, and serve
+     * never waits for the guest (paused: COLO_E_PAUSED at once). */
+
+    /* One request in, its reply out (at most cap bytes).  seq numbers the
+     * request (0: unnumbered, for tests); the guest keeps the highest seq
+     * it processed in its own memory, so a checkpoint carries it, and
+     * refuses a seq at or below it (COLO_E_DUPLICATE: the checkpoint
+     * already carried its effect).  COLO_E_PAUSED while the guest is
+     * paused: the caller waits on resumed_fd and retries.  Any other error
+     * is the guest refusing the request, which changed nothing. */
+    int (*serve)(colo_domain *dom, uint64_t seq, const uint8_t *req, uint64_t req_len,
+                 uint8_t *reply, uint64_t cap, uint64_t *reply_len);
+    /* The highest seq the guest has processed (0: none yet): a
+     * checkpoint's last_seq, and where a new proxy's numbering goes on. */
+    int (*served_seq)(colo_domain *dom, uint64_t *seq);
+    /* An eventfd that becomes readable whenever the guest resumes from a
+     * pause (the waiter drains it), so a request waiting for a paused
+     * guest goes on at once instead of polling.  The backend's: it lives
+     * as long as the domain and nobody else closes it. */
+    int (*resumed_fd)(const colo_domain *dom);
+    /* Without the three hooks: why, and what to do instead, for the
+     * refusal's message (NULL: nothing to add). */
+    const char *no_guest_net;
 };
 
 /* Pages and context received for a checkpoint, not yet guest memory. */
@@ -108,6 +142,13 @@ int colo_domain_init(colo_domain *dom, const struct colo_backend_ops *ops,
 /* n pages of zeroed, page-aligned memory owned by dom (freed at close). */
 int colo_domain_alloc_pages(colo_domain *dom, uint64_t n, uint8_t **out);
 
+/* domain.c: for the proxy and the mirror.  COLO_OK when the domain has
+ * the guest network hooks, else COLO_E_UNSUPPORTED naming the backend and
+ * who wanted them ("by the proxy"). */
+int colo_domain_need_guest_net(const colo_domain *dom, const char *who);
+/* The backend's resumed_fd (same refusal without the hooks). */
+int colo_domain_resumed_fd(const colo_domain *dom, int *fd);
+
 /* domain.c: for the stream reader. */
 void colo_stage_discard(colo_domain *dom);
 /* Buffer to receive page pfn into (the same buffer if pfn is staged twice). */
@@ -125,7 +166,7 @@ int colo_reader_expect_checkpoint(colo_reader *fwd, const colo_domain *dom, uint
  * stream refuses further reads (the connection is to be closed). */
 void colo_reader_abort(colo_reader *r);
 
-/* ---- sim guest, for the guest service (sim.c, used by service.c) ------- */
+/* ---- sim guest and its service (sim.c, service.c) --------------------- */
 
 /* Takes the vCPU lock of a sim domain (COLO_E_UNSUPPORTED if not sim; with
  * need_running, COLO_E_PAUSED if paused); the calls below need it held. */
@@ -136,8 +177,17 @@ void colo_sim_touch(colo_domain *dom, uint64_t pfn);          /* mark dirty */
 uint64_t colo_sim_random(colo_domain *dom);                  /* the host's stream */
 uint64_t colo_sim_service_pages(const colo_domain *dom);
 uint32_t colo_sim_divergence_ppm(const colo_domain *dom);
-/* Readable after an unpause (an eventfd; drain it before waiting on it again). */
-int colo_sim_resumed_fd(const colo_domain *dom);
+
+/* The sim guest's service needs a header page and a page of slots: a sim
+ * domain with fewer service pages has no guest network hooks. */
+#define COLO_SIM_SERVICE_MIN_PAGES 2
+
+/* service.c: the sim backend's serve and served_seq hooks (the contract
+ * is the backend ops'), reached only through sim.c's ops table.
+ * Requests: "SET key value", "GET key", "DEL key", "COUNT", "PING". */
+int colo_sim_service(colo_domain *dom, uint64_t seq, const uint8_t *req, uint64_t req_len,
+                     uint8_t *reply, uint64_t cap, uint64_t *reply_len);
+int colo_sim_service_seq(colo_domain *dom, uint64_t *seq);
 
 /* ---- socket I/O (io.c) -------------------------------------------------- */
 

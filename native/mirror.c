@@ -27,6 +27,7 @@ struct colo_mirror {
     pthread_t thread;
     int running;
     colo_domain *dom;
+    int resumed_fd;            /* the guest's: readable after an unpause (not ours to close) */
     int link_fd, stop_fd, done_fd;
     uint64_t poll_ns;          /* busy-poll this long after activity before sleeping */
     struct colo_bytes in, out;
@@ -65,7 +66,7 @@ static int wait_busy(struct colo_mirror *m, short events, short *revents)
 /* Waits for the paused guest to resume (or a stop, or the timeout); 1 when stopped. */
 static int wait_resumed(struct colo_mirror *m, const struct timespec *timeout)
 {
-    int fd = colo_sim_resumed_fd(m->dom);
+    int fd = m->resumed_fd;
     struct pollfd fds[2] = {{.fd = fd, .events = POLLIN}, {.fd = m->stop_fd, .events = POLLIN}};
     uint64_t v;
     int n;
@@ -85,7 +86,7 @@ static int serve(struct colo_mirror *m, uint64_t seq, const uint8_t *line, uint3
 {
     static const struct timespec retry = {.tv_sec = 0, .tv_nsec = COLO_PX_PAUSED_RETRY_NS};
     for (;;) {
-        int rc = colo_sim_service(m->dom, seq, line, n, reply, COLO_PX_REPLY_MAX, len);
+        int rc = colo_domain_serve(m->dom, seq, line, n, reply, COLO_PX_REPLY_MAX, len);
         if (rc == COLO_OK) {
             __atomic_add_fetch(&m->served, 1, __ATOMIC_RELAXED);
             return COLO_OK;
@@ -167,14 +168,18 @@ int colo_mirror_new(colo_domain *dom, int link_fd, uint32_t poll_us, colo_mirror
 {
     struct colo_mirror *m;
     sigset_t all, old;
-    int rc, one = 1;
+    int rc, one = 1, resumed_fd = -1;
     *out = NULL;
     if (dom == NULL || link_fd < 0)
         return colo_fail(COLO_E_INVAL, "mirror: a domain and a link socket");
+    if ((rc = colo_domain_need_guest_net(dom, "by the mirror")) != COLO_OK ||
+        (rc = colo_domain_resumed_fd(dom, &resumed_fd)) != COLO_OK)
+        return rc;
     if ((m = calloc(1, sizeof(*m))) == NULL)
         return colo_fail(COLO_E_NOMEM, "mirror");
     pthread_mutex_init(&m->mu, NULL);
     m->dom = dom;
+    m->resumed_fd = resumed_fd;
     m->poll_ns = (uint64_t)poll_us * 1000ULL;
     m->link_fd = -1;
     m->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -250,7 +250,7 @@ static int serve_line(struct colo_proxy *p, struct conn *c, const uint8_t *line,
 {
     uint64_t seq = p->st.last_seq + 1, n = 0;
     struct entry *e = &p->ring[seq & (RING - 1)];
-    int rc = colo_sim_service(p->dom, seq, line, len, e->reply, COLO_PX_REPLY_MAX, &n);
+    int rc = colo_domain_serve(p->dom, seq, line, len, e->reply, COLO_PX_REPLY_MAX, &n);
     if (rc == COLO_E_PAUSED)
         return rc;
     e->reply_len = rc == COLO_OK ? (uint32_t)n : colo_px_error_reply(e->reply);  /* refused: nothing changed */
@@ -739,14 +739,16 @@ int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, u
 {
     struct colo_proxy *p;
     uint64_t last_seq = 0;
-    int rc;
+    int rc, resumed_fd = -1;
     *out = NULL;
     if (dom == NULL || listen_fd < 0 || reply_timeout_ms == 0)
         return colo_fail(COLO_E_INVAL, "proxy: a domain, a listening socket and a reply timeout > 0");
     if (output_max < COLO_PROXY_OUTPUT_MIN)
         return colo_fail(COLO_E_INVAL, "proxy: output bound of %u bytes (at least %d)", output_max,
                          COLO_PROXY_OUTPUT_MIN);
-    if ((rc = colo_sim_service_seq(dom, &last_seq)) != COLO_OK)
+    if ((rc = colo_domain_need_guest_net(dom, "by the proxy")) != COLO_OK ||
+        (rc = colo_domain_served_seq(dom, &last_seq)) != COLO_OK ||
+        (rc = colo_domain_resumed_fd(dom, &resumed_fd)) != COLO_OK)
         return rc;
     if ((rc = nonblocking(listen_fd)) != COLO_OK)
         return rc;
@@ -763,7 +765,7 @@ int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, u
     }
     p->dom = dom;
     p->listen_fd = listen_fd;
-    p->resumed_fd = colo_sim_resumed_fd(dom);
+    p->resumed_fd = resumed_fd;
     p->link_fd = p->epfd = p->wake_fd = p->event_fd = p->sweep_fd = p->retry_fd = -1;
     p->reply_timeout_ns = (uint64_t)reply_timeout_ms * 1000000ULL;
     p->poll_ns = (uint64_t)poll_us * 1000ULL;

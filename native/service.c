@@ -1,8 +1,10 @@
-/* service.c - the guest's key-value service (sim): a deterministic program
- * whose whole state lives in guest pages, so a checkpoint carries it.  With
- * a configured probability a reply carries a nondeterministic field (as a
- * real guest's timestamps do), drawn from the host's random stream: that is
- * what makes a primary's and a secondary's replies diverge. */
+/* service.c - the sim guest's key-value service, behind the sim backend's
+ * guest network hooks (serve and served_seq in sim.c's ops table; the
+ * contract is in internal.h): a deterministic program whose whole state
+ * lives in guest pages, so a checkpoint carries it.  With a configured
+ * probability a reply carries a nondeterministic field (as a real guest's
+ * timestamps do), drawn from the host's random stream: that is what makes
+ * a primary's and a secondary's replies diverge. */
 #include <stdio.h>
 #include <string.h>
 
@@ -187,7 +189,7 @@ int colo_sim_service(colo_domain *dom, uint64_t seq, const uint8_t *req, uint64_
         return rc;
     if ((rc = colo_sim_enter(dom, 1)) != COLO_OK)
         return rc;
-    if (colo_sim_service_pages(dom) < 2) {
+    if (colo_sim_service_pages(dom) < COLO_SIM_SERVICE_MIN_PAGES) {  /* sim.c gives such a domain no hook */
         colo_sim_leave(dom);
         return colo_fail(COLO_E_SERVICE, "the domain has no service pages (needs 2 or more)");
     }

@@ -299,25 +299,45 @@ static int sim_present(colo_domain *dom, int *present)
     return COLO_OK;
 }
 
+/* The guest network hooks' wake-up: written at every unpause. */
+static int sim_resumed_fd(const colo_domain *dom) { return ((const struct sim *)dom->priv)->resumed_fd; }
+
+/* What both kinds of sim domain do; only the guest network differs. */
+#define SIM_OPS                                  \
+    .name = "sim",                               \
+    .type = COLO_DOMTYPE_SIM,                    \
+    .close = sim_close,                          \
+    .pause = sim_pause,                          \
+    .unpause = sim_unpause,                      \
+    .logdirty_enable = sim_logdirty_enable,      \
+    .logdirty_disable = sim_logdirty_disable,    \
+    .dirty_read_clear = sim_dirty_read_clear,    \
+    .context_get = sim_context_get,              \
+    .context_set = sim_context_set,              \
+    .context_check = sim_context_check,          \
+    .map = sim_map,                              \
+    .unmap = sim_unmap,                          \
+    .commit_pages = sim_commit_pages,            \
+    .present = sim_present
+
+/* A sim domain with COLO_SIM_SERVICE_MIN_PAGES service pages or more:
+ * its key-value service (service.c) is the guest's network endpoint. */
 static const struct colo_backend_ops sim_ops = {
-    .name = "sim",
-    .type = COLO_DOMTYPE_SIM,
-    .close = sim_close,
-    .pause = sim_pause,
-    .unpause = sim_unpause,
-    .logdirty_enable = sim_logdirty_enable,
-    .logdirty_disable = sim_logdirty_disable,
-    .dirty_read_clear = sim_dirty_read_clear,
-    .context_get = sim_context_get,
-    .context_set = sim_context_set,
-    .context_check = sim_context_check,
-    .map = sim_map,
-    .unmap = sim_unmap,
-    .commit_pages = sim_commit_pages,
-    .present = sim_present,
+    SIM_OPS,
+    .serve = colo_sim_service,
+    .served_seq = colo_sim_service_seq,
+    .resumed_fd = sim_resumed_fd,
 };
 
-static int is_sim(const colo_domain *dom) { return dom->ops == &sim_ops; }
+/* With fewer it runs no service, so it has no network endpoint: a proxy
+ * or mirror on it is refused, rather than answering every request with an
+ * error. */
+static const struct colo_backend_ops sim_ops_no_service = {
+    SIM_OPS,
+    .no_guest_net = "this sim domain runs no guest service: open it with 2 or more service pages",
+};
+
+static int is_sim(const colo_domain *dom) { return dom->ops == &sim_ops || dom->ops == &sim_ops_no_service; }
 
 static const struct colo_backend_ops sim_unstarted_ops = {.name = "sim", .type = COLO_DOMTYPE_SIM};
 
@@ -414,7 +434,7 @@ int colo_sim_open(const struct colo_sim_config *cfg, colo_domain **out)
         colo_domain_close(dom);
         return rc;
     }
-    dom->ops = &sim_ops;
+    dom->ops = cfg->service_pages >= COLO_SIM_SERVICE_MIN_PAGES ? &sim_ops : &sim_ops_no_service;
     dom->paused = 1;  /* a new domain starts paused, as xl create -p does */
     *out = dom;
     return COLO_OK;
@@ -480,7 +500,6 @@ void colo_sim_leave(colo_domain *dom) { pthread_mutex_unlock(&sim_of(dom)->mu); 
 uint8_t *colo_sim_page(colo_domain *dom, uint64_t pfn) { return sim_of(dom)->page[pfn]; }
 uint64_t colo_sim_random(colo_domain *dom) { return next_random(&sim_of(dom)->rng); }
 uint64_t colo_sim_service_pages(const colo_domain *dom) { return ((struct sim *)dom->priv)->cfg.service_pages; }
-int colo_sim_resumed_fd(const colo_domain *dom) { return ((struct sim *)dom->priv)->resumed_fd; }
 uint32_t colo_sim_divergence_ppm(const colo_domain *dom) { return ((struct sim *)dom->priv)->cfg.divergence_ppm; }
 
 void colo_sim_touch(colo_domain *dom, uint64_t pfn)

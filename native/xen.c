@@ -782,6 +782,7 @@ static const struct colo_backend_ops xen_ops = {
     .unmap = xen_unmap,
     .commit_pages = xen_commit_pages,
     .present = xen_present,
+    .no_guest_net = "a Xen guest's network is not plugged in yet (no serve, served_seq or resumed_fd hooks)",
 };
 
 /* ---- open --------------------------------------------------------------- */

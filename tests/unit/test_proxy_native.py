@@ -15,6 +15,7 @@ import pytest
 from colo_plane.native import (
     ArmResult,
     ArmWhy,
+    BackendError,
     Disarmed,
     Domain,
     ErrorCode,
@@ -250,6 +251,41 @@ def test_mirror_stops_on_close_while_the_guest_is_paused(dom: Domain) -> None:
     assert time.monotonic() - started < 1.0
     assert ours.recv(10) == b""
     ours.close()
+
+
+NO_HOOK = "backend sim has no guest network hook, needed by the {}: this sim domain runs no guest service"
+
+
+@pytest.mark.parametrize("service_pages", [0, 1])
+def test_a_domain_without_the_guest_hooks_is_refused_a_proxy_and_a_mirror(service_pages: int) -> None:
+    """A sim domain with too few service pages runs no service: its backend has
+    no guest network hook, so a proxy or mirror on it is refused with a clear
+    error (not served with an ERROR reply a request), and the sockets stay the
+    caller's."""
+    with Domain.sim(pages=64, seed=1, service_pages=service_pages) as d:
+        d.unpause()
+        listener = socket.create_server(("127.0.0.1", 0))
+        with pytest.raises(BackendError) as err:
+            Proxy(d, listener, reply_timeout=0.3)
+        assert err.value.code == ErrorCode.UNSUPPORTED
+        assert NO_HOOK.format("proxy") in str(err.value)
+        c = socket.create_connection(listener.getsockname(), timeout=5)  # the listener is still open
+        c.close()
+        listener.close()
+        ours, theirs = socket.socketpair()
+        with pytest.raises(BackendError) as err:
+            Mirror(d, theirs)
+        assert err.value.code == ErrorCode.UNSUPPORTED
+        assert NO_HOOK.format("mirror") in str(err.value)
+        ours.sendall(b"x")
+        assert theirs.recv(1) == b"x"  # the link is still open, and the caller's
+        ours.close()
+        theirs.close()
+        for call in (lambda: d.serve(1, b"PING"), d.service_seq):
+            with pytest.raises(BackendError) as err:
+                call()
+            assert err.value.code == ErrorCode.UNSUPPORTED
+            assert "backend sim has no guest network hook" in str(err.value)
 
 
 def test_past_the_ring_the_proxy_stops_reading_until_replies_leave(
