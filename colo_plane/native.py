@@ -62,7 +62,7 @@ class ErrorCode(enum.IntEnum):
 
 
 class RecordType(enum.IntEnum):
-    """Stream record types (docs/stream.md)."""
+    """Stream record types (native/stream_format.h, docs/stream.md)."""
 
     END = 0x00
     PAGE_DATA = 0x01
@@ -74,7 +74,7 @@ class RecordType(enum.IntEnum):
 
 
 class ControlId(enum.IntEnum):
-    """COLO sync points (the seed's control ids)."""
+    """COLO sync points (the seed's control ids; native/stream_format.h)."""
 
     CHECKPOINT_REQUEST = 0
     SECONDARY_SUSPENDED = 1
@@ -119,7 +119,7 @@ def _check_build() -> None:
         for member in enum_type:
             name = "COLO_OK" if member.name == "OK" else prefix + member.name
             if getattr(lib, name) != member.value:
-                raise ImportError(f"{name} differs between native/colo.h and colo_plane/native.py")
+                raise ImportError(f"{name} differs between native/*.h and colo_plane/native.py")
 
 
 _check_build()

@@ -1,7 +1,8 @@
 """cffi builder (API mode, out of line) for colo_plane._native._lib.
 
-native/colo.h is both the C header and the cdef: the header is the single
-source of truth.  The Xen backend is compiled in only where xenctrl.h is
+The public headers, native/colo.h and the stream's native/stream_format.h,
+are both the C headers and the cdef: the headers are the single source of
+truth.  The Xen backend is compiled in only where xenctrl.h is
 present (xen.c and XEN_SOURCES); elsewhere xen.c builds its "not built"
 stubs alone.
 """
@@ -41,6 +42,8 @@ XEN_SOURCES = [
     "xen_map.c",
     "xen_dirty.c",
 ]
+# The public headers, in the order the C side includes them (the cdef).
+CDEF_HEADERS = ["colo.h", "stream_format.h"]
 XEN_HEADER_DIRS = ["/usr/include", "/usr/local/include"]
 
 
@@ -54,9 +57,9 @@ def _package_version() -> str:
 
 
 def _cdef() -> str:
-    # cffi's parser takes the header minus comments; constants with plain
+    # cffi's parser takes the headers minus comments; constants with plain
     # integer values are fine as "#define NAME 123".
-    return (HERE / "colo.h").read_text()
+    return "\n".join((HERE / h).read_text() for h in CDEF_HEADERS)
 
 
 def _have_xen() -> bool:
@@ -82,7 +85,7 @@ def _make_ffi() -> FFI:
     )
     ffi.set_source(
         "colo_plane._native._lib",
-        '#include <stdint.h>\n#include "colo.h"\n',
+        "#include <stdint.h>\n" + "".join(f'#include "{h}"\n' for h in CDEF_HEADERS),
         sources=[str((HERE / s).relative_to(ROOT)) for s in sources],
         include_dirs=[str(HERE.relative_to(ROOT))],
         define_macros=define_macros,

@@ -1,10 +1,12 @@
 /*
- * colo.h - the one public header of colo-plane's native data plane.
+ * colo.h - the public header of colo-plane's native data plane; the
+ * stream's wire format has one of its own, stream_format.h.
  *
- * It is also the cffi cdef (native/build_native.py feeds it to cffi), so it
- * holds only what cffi's C parser accepts: no macros with expressions, no
- * includes, no attributes.  Everything is an int error code (0 = COLO_OK)
- * with a thread-local message from colo_last_error() for the details.
+ * Both are the cffi cdef (native/build_native.py feeds them to cffi, this
+ * one first), so they hold only what cffi's C parser accepts: no macros
+ * with expressions, no includes, no attributes.  Everything is an int
+ * error code (0 = COLO_OK) with a thread-local message from
+ * colo_last_error() for the details.
  *
  * Layers: bitmap (dirty sets), domain (a backend: sim or xen), stream
  * (the libxc-v2-style record stream over a socket).  Python never loops
@@ -16,9 +18,7 @@
 #define COLO_PAGE_SHIFT 12
 #define COLO_PAGE_SIZE 4096
 #define COLO_MAX_PFNS_PER_RECORD 1024
-#define COLO_MAX_RECORD_BYTES 134217728
 #define COLO_MAX_CONTEXT_BYTES 1048576
-#define COLO_VERIFY_BYTES 32
 
 /* Error codes.  Each malformed-stream class of DESIGN.md section 3 has its
  * own code so callers and tests can tell them apart. */
@@ -58,26 +58,8 @@ enum colo_error {
     COLO_E_WRONG_GENERATION = 32 /* record of a generation other than its stream's */
 };
 
-/* Stream record types (docs/stream.md).  Xen's numbers where Xen has the
- * record; CHECKPOINT_STATE is libxl's record 5 moved into a block of our
- * own so it cannot collide with libxc's numbers. */
-enum colo_rec_type {
-    COLO_REC_END = 0x00,
-    COLO_REC_PAGE_DATA = 0x01,
-    COLO_REC_HVM_CONTEXT = 0x09,
-    COLO_REC_VERIFY = 0x0D,
-    COLO_REC_CHECKPOINT = 0x0E,
-    COLO_REC_CHECKPOINT_DIRTY_PFN_LIST = 0x0F,
-    COLO_REC_CHECKPOINT_STATE = 0x1005
-};
-
-/* COLO sync points (the seed's context control ids). */
-enum colo_control_id {
-    COLO_CTL_CHECKPOINT_REQUEST = 0,
-    COLO_CTL_SECONDARY_SUSPENDED = 1,
-    COLO_CTL_SECONDARY_READY = 2,
-    COLO_CTL_SECONDARY_RESUMED = 3
-};
+/* The stream's record types (COLO_REC_*), its control ids (COLO_CTL_*,
+ * the COLO sync points) and its layouts: stream_format.h. */
 
 /* Which way a stream flows; decides which records a reader accepts. */
 enum colo_direction {

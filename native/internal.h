@@ -12,6 +12,7 @@
 #include <sys/uio.h>
 
 #include "colo.h"
+#include "stream_format.h"   /* after colo.h, as in the cdef: it uses colo.h's constants */
 
 #define COLO_UNUSED(x) ((void)(x))
 

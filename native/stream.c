@@ -11,19 +11,6 @@
 
 #include "internal.h"
 
-#define IMAGE_MARKER 0xFFFFFFFFFFFFFFFFULL
-#define IMAGE_ID 0x434F4C4FU            /* "COLO" */
-#define IMAGE_VERSION 1U
-#define IMAGE_OPT_BIG_ENDIAN 0x0001U
-#define IMAGE_HEADER_BYTES 24
-#define DOMAIN_HEADER_BYTES 16
-#define REC_OPTIONAL 0x80000000U
-#define PAGE_DATA_HEAD 8
-#define CONTROL_BODY 24
-#define VERIFY_BODY 32
-#define CHECKPOINT_BODY 24
-#define PAGE_DATA_MAX (PAGE_DATA_HEAD + COLO_MAX_PFNS_PER_RECORD * (8 + COLO_PAGE_SIZE))
-
 static const uint8_t zeros[8];
 
 static uint64_t pad_of(uint64_t len) { return (8 - (len & 7)) & 7; }
