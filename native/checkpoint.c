@@ -1,4 +1,4 @@
-/* checkpoint.c - one checkpoint (DESIGN.md section 2) in one call a side,
+/* checkpoint.c - one checkpoint (docs/design.md §2) in one call a side,
  * so a paused guest never waits for Python (or its GIL) between steps.
  * Python keeps the bookkeeping: metrics, sync-point reports (with the
  * timestamps taken here), and comparing VERIFY hashes.

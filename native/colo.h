@@ -20,7 +20,7 @@
 #define COLO_MAX_PFNS_PER_RECORD 1024
 #define COLO_MAX_CONTEXT_BYTES 1048576
 
-/* Error codes.  Each malformed-stream class of DESIGN.md section 3 has its
+/* Error codes.  Each malformed-stream class of docs/design.md §3 has its
  * own code so callers and tests can tell them apart. */
 enum colo_error {
     COLO_OK = 0,
@@ -289,7 +289,7 @@ void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
 
 /* ---- the COLO proxy (proxy.c, mirror.c) ---------------------------------- */
 
-/* The proxy's data path (DESIGN.md section 5), on a thread of its own so no
+/* The proxy's data path (docs/design.md §5), on a thread of its own so no
  * client request crosses Python.  It speaks to the guest through the
  * backend's guest network hooks (colo_domain_serve): a domain without
  * them (xen, a sim domain with fewer than 2 service pages) is refused at

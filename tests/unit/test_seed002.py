@@ -1,4 +1,4 @@
-"""The seed-002 test (DESIGN.md section 2, step 4): copying only the primary's dirty set A
+"""The seed-002 test (docs/design.md §2, step 4): copying only the primary's dirty set A
 leaves the secondary wrong exactly on B - A; copying D = A | B makes both equal."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Malformed input (DESIGN.md section 3): each class rejected with its own error code,
+"""Malformed input (docs/design.md §3): each class rejected with its own error code,
 the secondary's memory and context untouched, and the reader broken afterwards."""
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def test_bad_dirty_list_leaves_dirty_out_alone(pair: Pair, send: Send, domains: 
 
 
 def test_optional_record_with_nonzero_padding(pair: Pair, send: Send, domains: MakeDomain) -> None:
-    """Nonzero padding is malformed on every record, a skipped optional one included (DESIGN.md 3)."""
+    """Nonzero padding is malformed on every record, a skipped optional one included (docs/design.md §3)."""
     bad = sb.record(OPT | 0x42, b"abcde", pad=b"\0\x01\0")
     err = run_bad(pair, send, domains(pages=PAGES, seed=2), ok() + staged() + bad + sb.checkpoint())
     assert err.code == ErrorCode.BAD_PADDING
