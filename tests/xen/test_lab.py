@@ -555,3 +555,23 @@ def drain(sock: socket.socket, at_least: int) -> int:
             break
         got += len(chunk)
     return got
+
+
+# ---- a domain that vanishes (last: it destroys pv-dst) ----------------------------
+
+
+def test_a_destroyed_domain_is_seen_gone() -> None:
+    """colo_domain_present on a real Xen: a domain destroyed under an open handle
+    (xl destroy, as an administrator would) reads as gone, and its calls fail
+    instead of touching another domain (docs/coordinator.md, "Which side holds
+    the copy")."""
+    with Domain.xen("pv-dst") as dom:
+        assert dom.present()
+        subprocess.run(["xl", "destroy", "pv-dst"], check=True, timeout=60)
+        deadline = time.monotonic() + 10
+        while dom.present():  # dying, then gone
+            assert time.monotonic() < deadline, "xl destroy: the domain still reads as present"
+            time.sleep(0.05)
+        note("pv-dst destroyed: present() is False")
+        with pytest.raises(NativeError):
+            dom.unpause()
