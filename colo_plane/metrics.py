@@ -158,6 +158,24 @@ COMMAND_PATH_LOST = Counter(
     "Agents declared lost because commands stopped reaching them while their heartbeats arrived "
     "(a one-way partition)",
 )
+AGENTS_LOST = Counter(
+    "colo_agents_lost_total",
+    "Agents declared lost, by the evidence: refused (its port refuses connections), silent (no "
+    "heartbeat for longer than its learned timeout and no answer), command_path (calls kept failing "
+    "while its heartbeats arrived)",
+    ["reason"],
+)
+AGENT_FLAPPING = Gauge(
+    "colo_agent_flapping",
+    "1 while the host has been lost 3 times or more in 10 minutes: it takes no new role and is "
+    "suspected later",
+    ["host_id"],
+)
+AGENT_TIMEOUT = Gauge(
+    "colo_agent_failure_timeout_seconds",
+    "The silence after which the host is suspected, learned from its heartbeats (phi-accrual)",
+    ["host_id"],
+)
 REQUEST_TO_ISSUE = Histogram(
     "colo_checkpoint_request_to_issue_seconds",
     "Control path: checkpoint wanted (request, on-demand call, timer) to Agent.Checkpoint sent",

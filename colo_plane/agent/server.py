@@ -105,6 +105,7 @@ async def run(args: argparse.Namespace) -> int:
     await serving.set_serving(health_servicer, [SERVICE])
     registration = Registration(
         stub,
+        coordinator=args.coordinator,
         host_id=args.host_id,
         incarnation=incarnation,
         grpc_address=grpc_address,
