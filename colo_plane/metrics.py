@@ -7,7 +7,17 @@ takes milliseconds, so the defaults (up to 10 s) would waste resolution.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.metrics import MetricWrapperBase
 
 from colo_plane import __version__
 
@@ -187,3 +197,63 @@ ISSUE_TO_RESUMED = Histogram(
     "Control path: Agent.Checkpoint sent (armed: CHECKPOINT_REQUEST sent) to its SECONDARY_RESUMED",
     buckets=CONTROL_BUCKETS,
 )
+
+# ---- which daemon exposes what -----------------------------------------------------
+
+# Each daemon's /metrics serves its own families and the shared ones, never
+# the other daemon's: an agent exporting colo_agents_alive 0 kept
+# absent(colo_agents_alive) false while the coordinator was down.
+COMMON: tuple[MetricWrapperBase, ...] = (BUILD_INFO, GRPC_STARTED, GRPC_HANDLED, GRPC_HANDLING)
+AGENT: tuple[MetricWrapperBase, ...] = (
+    CHECKPOINT_DURATION,
+    CHECKPOINT_PAUSE,
+    CHECKPOINTS,
+    PAGES_SENT,
+    BYTES_SENT,
+    PAGES_RECEIVED,
+    BYTES_RECEIVED,
+    DIRTY_PAGES,
+    SYNC_POINTS,
+    SYNC_REPORTS_DROPPED,
+    SYNC_REPORTS_UNCONFIRMED,
+    HANDSHAKE_FAILURES,
+    STREAM_ERRORS,
+    VERIFY_FAILURES,
+    VERIFY_CHECKS,
+    FENCED,
+    PROXY_REQUESTS,
+    DIVERGENCES,
+    PROXY_BACKPRESSURE,
+    PROXY_CLIENTS_PAUSED,
+    PROXY_OUTPUT_BYTES,
+    DOMAINS_HELD,
+)
+COORDINATOR: tuple[MetricWrapperBase, ...] = (
+    PAIRS,
+    COORD_CHECKPOINTS,
+    COORD_CHECKPOINTS_FAILED,
+    CHECKPOINT_REQUESTS,
+    SYNC_REPORTS_REFUSED,
+    FAILOVERS,
+    STORE_ERRORS,
+    AGENTS_ALIVE,
+    AGENTS_KNOWN,
+    COMMAND_PATH_LOST,
+    AGENTS_LOST,
+    AGENT_FLAPPING,
+    AGENT_TIMEOUT,
+    REQUEST_TO_ISSUE,
+    ISSUE_TO_RESUMED,
+)
+
+
+def registry(daemon: str) -> CollectorRegistry:
+    """What `colo DAEMON --metrics-listen` serves: its families, the shared
+    ones and the process's own (CPU, memory, GC)."""
+    own = {"agent": AGENT, "coordinator": COORDINATOR}[daemon]
+    reg = CollectorRegistry(auto_describe=True)
+    for collector in (*COMMON, *own, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        reg.register(collector)
+    return reg
+
+

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from colo_plane import addresses
+from colo_plane import addresses, metrics
 from colo_plane.grpc_metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,13 @@ def bind(server: grpc.aio.Server, address: str) -> str:
     return addresses.join(host, port)
 
 
-def start_metrics(address: str | None) -> str:
-    """Serves /metrics; returns the bound address ('' when disabled)."""
+def start_metrics(address: str | None, daemon: str) -> str:
+    """Serves daemon's /metrics (its own families, metrics.registry); returns
+    the bound address ('' when disabled)."""
     if not address:
         return ""
     host, port = addresses.parse(address)
-    httpd, _ = start_http_server(port, addr=host)
+    httpd, _ = start_http_server(port, addr=host, registry=metrics.registry(daemon))
     return addresses.join(host, httpd.server_port)
 
 

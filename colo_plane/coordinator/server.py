@@ -74,7 +74,7 @@ async def start(db: str, listen: str, settings: Settings) -> Running:
 
 async def run(args: argparse.Namespace) -> int:
     running = await start(args.db, args.listen, settings_from(args))
-    metrics_address = serving.start_metrics(args.metrics_listen)
+    metrics_address = serving.start_metrics(args.metrics_listen, "coordinator")
     serving.write_ready_file(
         args.ready_file, {"grpc": running.address, "metrics": metrics_address, "db": args.db}
     )
