@@ -7,6 +7,7 @@ takes milliseconds, so the defaults (up to 10 s) would waste resolution.
 
 from __future__ import annotations
 
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -257,3 +258,59 @@ def registry(daemon: str) -> CollectorRegistry:
     return reg
 
 
+# ---- every known label set from the start --------------------------------------------
+
+
+# A counter child that appears only at its first event appears at 1, and
+# increase() reads that first failover, store error or failed handshake as
+# 0: the alerts on them stay silent.  Each label set the code can set is
+# therefore exported at 0 from the daemon's start.
+def _enum_names(enum: EnumTypeWrapper, prefix: str) -> tuple[str, ...]:
+    names = enum.keys()
+    return tuple(n.removeprefix(prefix) for n in names if not n.endswith("UNSPECIFIED"))
+
+
+def initialise(daemon: str) -> None:
+    """Creates every known label set of the daemon's labelled counters at 0."""
+    from colo_plane._proto import colo_pb2
+
+    triggers = tuple(t.lower() for t in _enum_names(colo_pb2.CheckpointTrigger, "CHECKPOINT_TRIGGER_"))
+    if daemon == "coordinator":
+        states = _enum_names(colo_pb2.PairState, "PAIR_STATE_")
+        sets: list[tuple[MetricWrapperBase, list[tuple[str, ...]]]] = [
+            (FAILOVERS, [(c.lower(),) for c in _enum_names(colo_pb2.FailoverCause, "FAILOVER_CAUSE_")]),
+            (STORE_ERRORS, [("pairs",), ("agent",)]),
+            (COORD_CHECKPOINTS, [(t,) for t in triggers]),
+            (COORD_CHECKPOINTS_FAILED, [(t,) for t in triggers]),
+            (CHECKPOINT_REQUESTS, [(t, c) for t in triggers for c in ("true", "false")]),
+            (AGENTS_LOST, [("refused",), ("silent",), ("command_path",)]),
+            (
+                SYNC_REPORTS_REFUSED,
+                [
+                    (r,)
+                    for r in (
+                        "not_found",
+                        "invalid_argument",
+                        "unknown_host",
+                        "failed_precondition",
+                        "future_generation",
+                        "not_pair_host",
+                    )
+                ],
+            ),
+            (PAIRS, [(s,) for s in states]),
+        ]
+    else:
+        sets = [
+            (
+                HANDSHAKE_FAILURES,
+                [(r,) for r in ("closed", "garbage", "bad_proof", "refused", "timeout", "unknown_pair")],
+            ),
+            (DIVERGENCES, [("mismatch",), ("timeout",)]),
+            (FENCED, [("command",), ("record",)]),
+            (CHECKPOINTS, [(r, o) for r in ("primary", "secondary") for o in ("ok", "mismatch")]),
+            (DOMAINS_HELD, [("primary",), ("secondary",)]),
+        ]
+    for metric, label_sets in sets:
+        for labels in label_sets:
+            metric.labels(*labels)

@@ -91,8 +91,10 @@ def bind(server: grpc.aio.Server, address: str) -> str:
 
 
 def start_metrics(address: str | None, daemon: str) -> str:
-    """Serves daemon's /metrics (its own families, metrics.registry); returns
-    the bound address ('' when disabled)."""
+    """Serves daemon's /metrics (its own families, metrics.registry), every
+    known label set at 0 from the start; returns the bound address ('' when
+    disabled)."""
+    metrics.initialise(daemon)
     if not address:
         return ""
     host, port = addresses.parse(address)
