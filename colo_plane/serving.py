@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,25 @@ def stop_signals() -> asyncio.Event:
     return stop
 
 
-async def shutdown(server: grpc.aio.Server, health_servicer: HealthServicer, grace: float) -> None:
+# After SIGTERM a server keeps accepting calls this long with health
+# NOT_SERVING, so that probes and load balancers see it going away (a
+# stopped server refuses the probe instead, which says nothing).
+SHUTDOWN_ANNOUNCE = 1.0
+
+
+async def shutdown(
+    server: grpc.aio.Server,
+    health_servicer: HealthServicer,
+    grace: float,
+    *,
+    announce: float = SHUTDOWN_ANNOUNCE,
+    before_stop: Callable[[], None] = lambda: None,
+) -> None:
+    """Graceful shutdown: NOT_SERVING (health Watch streams are told at
+    once), still serving for `announce` seconds, then before_stop() (ends
+    long-lived streams) and the server's stop with `grace` for the calls in
+    flight."""
     await health_servicer.enter_graceful_shutdown()
+    await asyncio.sleep(announce)
+    before_stop()
     await server.stop(grace)

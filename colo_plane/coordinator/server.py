@@ -48,9 +48,12 @@ class Running:
     health_servicer: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     address: str
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
-        self.servicer.end_streams()
-        await serving.shutdown(self.server, self.health_servicer, grace)
+    async def stop(
+        self, grace: float = SHUTDOWN_GRACE, *, announce: float = serving.SHUTDOWN_ANNOUNCE
+    ) -> None:
+        await serving.shutdown(
+            self.server, self.health_servicer, grace, announce=announce, before_stop=self.servicer.end_streams
+        )
         await self.core.close()
         self.core.store.close()
 
