@@ -544,11 +544,16 @@ class AgentCore:
         self._newer(replica, req.generation, "Promote")
         if replica.role is not Role.SECONDARY:
             fail(grpc.StatusCode.FAILED_PRECONDITION, f"this host is already the primary of {req.domain}")
+        if not replica.whole_copy():
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this secondary of {req.domain} holds no whole copy: its first boot never completed, "
+                "and promoting it would serve an empty guest; the primary holds the only copy",
+            )
         async with replica.busy:
             # A torn checkpoint was dropped in C: the guest runs from its last
             # whole checkpoint, plus the forwarded requests it processed since.
-            await replica.disconnect()
-            replica.refresh()
+            await replica.disconnect()  # its last epoch is read once the thread has ended
             replica.generation, replica.role = req.generation, Role.PRIMARY
             replica.state, replica.peer_host = colo_pb2.PAIR_STATE_UNPROTECTED, ""
             if replica.dom.paused:
