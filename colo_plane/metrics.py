@@ -7,6 +7,8 @@ takes milliseconds, so the defaults (up to 10 s) would waste resolution.
 
 from __future__ import annotations
 
+import contextlib
+
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from prometheus_client import (
     GC_COLLECTOR,
@@ -54,20 +56,22 @@ BUILD_INFO.info({"version": __version__})
 CHECKPOINT_DURATION = Histogram(
     "colo_checkpoint_duration_seconds",
     "Whole checkpoint on this side: request to SECONDARY_RESUMED",
-    ["role"],
+    ["role", "domain"],
     buckets=MS_BUCKETS,
 )
 CHECKPOINT_PAUSE = Histogram(
     "colo_checkpoint_pause_seconds",
     "Time this side's guest was paused for a checkpoint",
-    ["role"],
+    ["role", "domain"],
     buckets=MS_BUCKETS,
 )
 CHECKPOINTS = Counter("colo_agent_checkpoints_total", "Checkpoints run by this agent", ["role", "result"])
 PAGES_SENT = Counter("colo_pages_sent_total", "Guest pages sent on data streams")
-BYTES_SENT = Counter("colo_stream_sent_bytes_total", "Stream bytes sent, framing included")
+BYTES_SENT = Counter("colo_stream_sent_bytes_total", "Stream bytes sent, framing included", ["domain"])
 PAGES_RECEIVED = Counter("colo_pages_received_total", "Guest pages applied from data streams")
-BYTES_RECEIVED = Counter("colo_stream_received_bytes_total", "Stream bytes received, framing included")
+BYTES_RECEIVED = Counter(
+    "colo_stream_received_bytes_total", "Stream bytes received, framing included", ["domain"]
+)
 DIRTY_PAGES = Histogram(
     "colo_dirty_pages",
     "Dirty set sizes per checkpoint: A (primary), B (secondary), D = A | B (sent)",
@@ -99,7 +103,7 @@ PROXY_REQUESTS = Counter("colo_proxy_requests_total", "Client requests through t
 DIVERGENCES = Counter(
     "colo_divergences_total",
     "Replies of primary and secondary that differed, or the secondary's missing",
-    ["kind"],
+    ["kind", "domain"],
 )
 PROXY_BACKPRESSURE = Counter(
     "colo_proxy_backpressure_total",
@@ -156,7 +160,10 @@ SYNC_REPORTS_REFUSED = Counter(
     "unknown_host, future_generation, not_pair_host, else the status code in lower case",
     ["reason"],
 )
-FAILOVERS = Counter("colo_failovers_total", "Failovers and role losses, by cause", ["cause"])
+FAILOVERS = Counter("colo_failovers_total", "Failovers and role losses, by cause", ["cause", "domain"])
+PAIR_STATE = Gauge(
+    "colo_pair_state", "1 for each pair's current state (one series a pair)", ["domain", "state"]
+)
 STORE_ERRORS = Counter(
     "colo_store_errors_total",
     "Coordinator store writes that failed (SQLite), by what: pairs, agent",
@@ -236,6 +243,7 @@ COORDINATOR: tuple[MetricWrapperBase, ...] = (
     CHECKPOINT_REQUESTS,
     SYNC_REPORTS_REFUSED,
     FAILOVERS,
+    PAIR_STATE,
     STORE_ERRORS,
     AGENTS_ALIVE,
     AGENTS_KNOWN,
@@ -278,7 +286,6 @@ def initialise(daemon: str) -> None:
     if daemon == "coordinator":
         states = _enum_names(colo_pb2.PairState, "PAIR_STATE_")
         sets: list[tuple[MetricWrapperBase, list[tuple[str, ...]]]] = [
-            (FAILOVERS, [(c.lower(),) for c in _enum_names(colo_pb2.FailoverCause, "FAILOVER_CAUSE_")]),
             (STORE_ERRORS, [("pairs",), ("agent",)]),
             (COORD_CHECKPOINTS, [(t,) for t in triggers]),
             (COORD_CHECKPOINTS_FAILED, [(t,) for t in triggers]),
@@ -306,7 +313,6 @@ def initialise(daemon: str) -> None:
                 HANDSHAKE_FAILURES,
                 [(r,) for r in ("closed", "garbage", "bad_proof", "refused", "timeout", "unknown_pair")],
             ),
-            (DIVERGENCES, [("mismatch",), ("timeout",)]),
             (FENCED, [("command",), ("record",)]),
             (CHECKPOINTS, [(r, o) for r in ("primary", "secondary") for o in ("ok", "mismatch")]),
             (DOMAINS_HELD, [("primary",), ("secondary",)]),
@@ -314,3 +320,52 @@ def initialise(daemon: str) -> None:
     for metric, label_sets in sets:
         for labels in label_sets:
             metric.labels(*labels)
+
+
+# ---- per-domain series (docs/operations.md, "Cardinality") ----------------------------
+
+_AGENT_DOMAIN: tuple[tuple[MetricWrapperBase, tuple[tuple[str, ...], ...]], ...] = (
+    (CHECKPOINT_PAUSE, (("primary",), ("secondary",))),
+    (CHECKPOINT_DURATION, (("primary",), ("secondary",))),
+    (DIVERGENCES, (("mismatch",), ("timeout",))),
+    (BYTES_SENT, ((),)),
+    (BYTES_RECEIVED, ((),)),
+)
+
+
+def _failover_causes() -> tuple[str, ...]:
+    from colo_plane._proto import colo_pb2
+
+    return tuple(c.lower() for c in _enum_names(colo_pb2.FailoverCause, "FAILOVER_CAUSE_"))
+
+
+def domain_held(domain: str, role: str) -> None:
+    """An agent took a domain: its counters exist at 0 from now on."""
+    DIVERGENCES.labels("mismatch", domain)
+    DIVERGENCES.labels("timeout", domain)
+    BYTES_SENT.labels(domain)
+    BYTES_RECEIVED.labels(domain)
+    CHECKPOINT_PAUSE.labels(role, domain)
+    CHECKPOINT_DURATION.labels(role, domain)
+
+
+def domain_released(domain: str) -> None:
+    """An agent let a domain go: its series go too (a host's series follow the
+    domains it holds, not every domain it ever held)."""
+    for metric, prefixes in _AGENT_DOMAIN:
+        for prefix in prefixes:
+            with contextlib.suppress(KeyError):
+                metric.remove(*prefix, domain)
+
+
+def pair_known(domain: str) -> None:
+    """The coordinator has a pair: its failover counters exist at 0 by cause."""
+    for cause in _failover_causes():
+        FAILOVERS.labels(cause, domain)
+
+
+def pair_state(domain: str, old: str, new: str) -> None:
+    if old:
+        with contextlib.suppress(KeyError):
+            PAIR_STATE.remove(domain, old)
+    PAIR_STATE.labels(domain, new).set(1)

@@ -116,10 +116,12 @@ class AgentCore:
             replica.disarm()
             await replica.close()
             metrics.DOMAINS_HELD.labels(replica.role.value).dec()
+            metrics.domain_released(domain)
 
     def _add(self, replica: Replica) -> None:
         self.replicas[replica.domain] = replica
         metrics.DOMAINS_HELD.labels(replica.role.value).inc()
+        metrics.domain_held(replica.domain, replica.role.value)
 
     def _role_request(
         self, req: colo_pb2.PrepareSecondaryRequest | colo_pb2.StartPrimaryRequest, role: Role
@@ -561,6 +563,7 @@ class AgentCore:
             await self._serve_clients(replica)
         metrics.DOMAINS_HELD.labels(Role.SECONDARY.value).dec()
         metrics.DOMAINS_HELD.labels(Role.PRIMARY.value).inc()
+        metrics.domain_held(req.domain, Role.PRIMARY.value)
         log.warning(
             "%s: promoted to primary at generation %d (runs from epoch %d)",
             req.domain,
