@@ -1,9 +1,16 @@
 """A grpc.aio server interceptor that keeps the standard gRPC server
 metrics (grpc_server_started_total, grpc_server_handled_total,
-grpc_server_handling_seconds), aborted calls included."""
+grpc_server_handling_seconds), aborted calls included.
+
+A streaming-response handler comes in two shapes, and grpc.aio takes
+both: an async generator that yields its answers (ours), or a coroutine
+that writes them with context.write() and returns None (grpc.health.v1
+Watch, reflection).  The wrapper is of the handler's own shape, so the
+call runs exactly as it would unwrapped."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -81,11 +88,17 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._server_stream(handler.unary_stream, service, method),
+                self._streaming(handler.unary_stream, "server_stream", service, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # bidi streams: none in colo.v1
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._streaming(handler.stream_stream, "bidi_stream", service, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
 
     @staticmethod
     def _unary(behavior: Any, grpc_type: str, service: str, method: str) -> Any:
@@ -109,8 +122,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapper
 
     @staticmethod
-    def _server_stream(behavior: Any, service: str, method: str) -> Any:
-        labels = ("server_stream", service, method)
+    def _streaming(behavior: Any, grpc_type: str, service: str, method: str) -> Any:
+        if not inspect.isasyncgenfunction(behavior):
+            # It writes its answers itself (context.write): a coroutine, counted like a unary call.
+            return MetricsInterceptor._unary(behavior, grpc_type, service, method)
+        labels = (grpc_type, service, method)
         started, handling = metrics.GRPC_STARTED.labels(*labels), metrics.GRPC_HANDLING.labels(*labels)
         handled = _Handled(labels)
 

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from colo_plane import addresses
+from colo_plane import addresses, metrics
 from colo_plane.grpc_metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,15 @@ def bind(server: grpc.aio.Server, address: str) -> str:
     return addresses.join(host, port)
 
 
-def start_metrics(address: str | None) -> str:
-    """Serves /metrics; returns the bound address ('' when disabled)."""
+def start_metrics(address: str | None, daemon: str) -> str:
+    """Serves daemon's /metrics (its own families, metrics.registry), every
+    known label set at 0 from the start; returns the bound address ('' when
+    disabled)."""
+    metrics.initialise(daemon)
     if not address:
         return ""
     host, port = addresses.parse(address)
-    httpd, _ = start_http_server(port, addr=host)
+    httpd, _ = start_http_server(port, addr=host, registry=metrics.registry(daemon))
     return addresses.join(host, httpd.server_port)
 
 
@@ -117,6 +120,25 @@ def stop_signals() -> asyncio.Event:
     return stop
 
 
-async def shutdown(server: grpc.aio.Server, health_servicer: HealthServicer, grace: float) -> None:
+# After SIGTERM a server keeps accepting calls this long with health
+# NOT_SERVING, so that probes and load balancers see it going away (a
+# stopped server refuses the probe instead, which says nothing).
+SHUTDOWN_ANNOUNCE = 1.0
+
+
+async def shutdown(
+    server: grpc.aio.Server,
+    health_servicer: HealthServicer,
+    grace: float,
+    *,
+    announce: float = SHUTDOWN_ANNOUNCE,
+    before_stop: Callable[[], None] = lambda: None,
+) -> None:
+    """Graceful shutdown: NOT_SERVING (health Watch streams are told at
+    once), still serving for `announce` seconds, then before_stop() (ends
+    long-lived streams) and the server's stop with `grace` for the calls in
+    flight."""
     await health_servicer.enter_graceful_shutdown()
+    await asyncio.sleep(announce)
+    before_stop()
     await server.stop(grace)

@@ -130,10 +130,12 @@ class AgentCore:
             replica.disarm()
             await replica.close()
             metrics.DOMAINS_HELD.labels(replica.role.value).dec()
+            metrics.domain_released(domain)
 
     def _add(self, replica: Replica) -> None:
         self.replicas[replica.domain] = replica
         metrics.DOMAINS_HELD.labels(replica.role.value).inc()
+        metrics.domain_held(replica.domain, replica.role.value)
 
     def _role_request(
         self, req: colo_pb2.PrepareSecondaryRequest | colo_pb2.StartPrimaryRequest, role: Role
@@ -593,11 +595,17 @@ class AgentCore:
                 f"this host is already the primary of {req.domain}",
                 reason=colo_pb2.ERROR_REASON_ROLE_CONFLICT,
             )
+        if not replica.whole_copy():
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this secondary of {req.domain} holds no whole copy: its first boot never completed, "
+                "and promoting it would serve an empty guest; the primary holds the only copy",
+                reason=colo_pb2.ERROR_REASON_NO_GUEST,
+            )
         async with replica.busy:
             # A torn checkpoint was dropped in C: the guest runs from its last
             # whole checkpoint, plus the forwarded requests it processed since.
-            await replica.disconnect()
-            replica.refresh()
+            await replica.disconnect()  # its last epoch is read once the thread has ended
             replica.generation, replica.role = req.generation, Role.PRIMARY
             replica.state, replica.peer_host = colo_pb2.PAIR_STATE_UNPROTECTED, ""
             if replica.dom.paused:
@@ -605,6 +613,7 @@ class AgentCore:
             await self._serve_clients(replica)
         metrics.DOMAINS_HELD.labels(Role.SECONDARY.value).dec()
         metrics.DOMAINS_HELD.labels(Role.PRIMARY.value).inc()
+        metrics.domain_held(req.domain, Role.PRIMARY.value)
         log.warning(
             "%s: promoted to primary at generation %d (runs from epoch %d)",
             req.domain,

@@ -159,7 +159,7 @@ class PrimaryLink:
         """Stream bytes of a checkpoint of pages pages (counted, not re-read)."""
         sent = native.page_data_bytes(pages) + self._context_record + CONTROL_RECORD
         metrics.PAGES_SENT.inc(pages)
-        metrics.BYTES_SENT.inc(sent)
+        metrics.BYTES_SENT.labels(self.domain).inc(sent)
         return sent
 
     # -- the protocol --------------------------------------------------------
@@ -250,8 +250,8 @@ class PrimaryLink:
             verify = self._judge(epoch, mine, native.DomainHash(r.peer_memory_hash, r.peer_context_hash))
         for name, size in (("A", stats.dirty_a), ("B", stats.dirty_b), ("D", stats.dirty_d)):
             metrics.DIRTY_PAGES.labels(name).observe(size)
-        metrics.CHECKPOINT_PAUSE.labels("primary").observe(stats.pause_ns / 1e9)
-        metrics.CHECKPOINT_DURATION.labels("primary").observe(stats.duration_ns / 1e9)
+        metrics.CHECKPOINT_PAUSE.labels("primary", self.domain).observe(stats.pause_ns / 1e9)
+        metrics.CHECKPOINT_DURATION.labels("primary", self.domain).observe(stats.duration_ns / 1e9)
         metrics.CHECKPOINTS.labels(
             "primary", "ok" if verify.match or not verify.checked else "mismatch"
         ).inc()

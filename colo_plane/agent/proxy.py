@@ -208,8 +208,8 @@ class PrimaryProxy:
             return
         now, seen = self._native.stats(), self._seen
         metrics.PROXY_REQUESTS.inc(now.requests - seen.requests)
-        metrics.DIVERGENCES.labels("mismatch").inc(now.mismatches - seen.mismatches)
-        metrics.DIVERGENCES.labels("timeout").inc(now.timeouts - seen.timeouts)
+        metrics.DIVERGENCES.labels("mismatch", self.domain).inc(now.mismatches - seen.mismatches)
+        metrics.DIVERGENCES.labels("timeout", self.domain).inc(now.timeouts - seen.timeouts)
         metrics.PROXY_BACKPRESSURE.inc(now.backpressure - seen.backpressure)
         # Gauges by the change: every pair's proxy of this agent adds its own.
         metrics.PROXY_CLIENTS_PAUSED.inc(now.clients_paused - seen.clients_paused)

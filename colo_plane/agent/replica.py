@@ -95,6 +95,7 @@ class Replica:
         if self.thread is not None:
             await asyncio.to_thread(self.thread.join)
             self.thread = None
+            self.refresh()  # the loop's last word (its epoch) before the loop is dropped
         if self.link is not None:
             lock = self.link.lock  # a checkpoint in flight ends on the shut socket
             await asyncio.to_thread(lock.acquire)
@@ -113,6 +114,11 @@ class Replica:
         await asyncio.to_thread(self.dom.close)  # joins the vCPU, unmaps guest memory: not on the loop
 
     # -- what GetStatus shows ----------------------------------------------------
+
+    def whole_copy(self) -> bool:
+        """A secondary holds a whole copy once its first boot was applied."""
+        self.refresh()
+        return self.epoch > 0
 
     def refresh(self) -> None:
         """Pulls the secondary thread's progress into this record."""

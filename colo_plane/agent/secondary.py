@@ -116,7 +116,7 @@ class SecondaryLoop:
         """After a checkpoint applied: its own writes are not the guest's dirt."""
         self.dom.dirty_read_clear(self._dirty)
         metrics.PAGES_RECEIVED.inc(event.pages)
-        metrics.BYTES_RECEIVED.inc(event.bytes)
+        metrics.BYTES_RECEIVED.labels(self.domain).inc(event.bytes)
         return Stats(
             pages=event.pages,
             bytes=event.bytes,
@@ -216,8 +216,8 @@ class SecondaryLoop:
         self._report(ControlId.SECONDARY_RESUMED, epoch, r.t_resumed_ns, stats, verify)
         metrics.DIRTY_PAGES.labels("B").observe(r.dirty_b)
         metrics.PAGES_RECEIVED.inc(r.pages)
-        metrics.BYTES_RECEIVED.inc(r.bytes)
-        metrics.CHECKPOINT_PAUSE.labels("secondary").observe(stats.pause_ns / 1e9)
-        metrics.CHECKPOINT_DURATION.labels("secondary").observe(stats.duration_ns / 1e9)
+        metrics.BYTES_RECEIVED.labels(self.domain).inc(r.bytes)
+        metrics.CHECKPOINT_PAUSE.labels("secondary", self.domain).observe(stats.pause_ns / 1e9)
+        metrics.CHECKPOINT_DURATION.labels("secondary", self.domain).observe(stats.duration_ns / 1e9)
         metrics.CHECKPOINTS.labels("secondary", "ok").inc()
         return True

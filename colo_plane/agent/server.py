@@ -100,11 +100,12 @@ async def run(args: argparse.Namespace) -> int:
     health_servicer = serving.add_health_and_reflection(server, [SERVICE])
     bound = advertised(serving.bind(server, args.listen), args.advertise_host)
     grpc_address = args.advertise_grpc or bound  # what the coordinator dials
-    metrics_address = serving.start_metrics(args.metrics_listen)
+    metrics_address = serving.start_metrics(args.metrics_listen, "agent")
     await server.start()
     await serving.set_serving(health_servicer, [SERVICE])
     registration = Registration(
         stub,
+        coordinator=args.coordinator,
         host_id=args.host_id,
         incarnation=incarnation,
         grpc_address=grpc_address,

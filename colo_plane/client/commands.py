@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,9 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     """Connects, runs the command, and maps failures to exit codes."""
 
     def run(args: argparse.Namespace) -> int:
-        with grpc.insecure_channel(args.coordinator) as channel:
+        from colo_plane.serving import RECONNECT_OPTIONS  # a coordinator that is back is found in a second
+
+        with grpc.insecure_channel(args.coordinator, options=RECONNECT_OPTIONS) as channel:
             try:
                 grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
             except grpc.FutureTimeoutError:
@@ -166,22 +169,80 @@ def _drain(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int
     return EXIT_REFUSED if any(m.error for m in resp.moves) else code
 
 
+RECONNECT_FOR = 60.0  # seconds `colo watch` looks for a coordinator that went away
+HISTORY_ALL = 1 << 30  # "every event kept" (the coordinator replays at most its buffer)
+
+
 def _watch(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    """Follows events; a coordinator that goes away (UNAVAILABLE: it shut
+    down, or the connection broke) is waited for and followed again from
+    the last sequence seen, rather than ending the watch."""
     kinds = ["EVENT_KIND_" + k.upper() for k in args.kind]
-    stream = stub.WatchEvents(
-        colo_pb2.WatchEventsRequest(
-            domain=args.domain or "", history=args.history, after_sequence=args.after, kinds=kinds
-        ),
-        timeout=args.for_seconds or None,
-    )
-    try:
-        for item in stream:
-            print(render.as_json(item.event) if args.json else render.event(item.event), flush=True)
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and args.for_seconds:
+    until = time.monotonic() + args.for_seconds if args.for_seconds else None
+    last = args.after
+    history = args.history
+    while True:
+        left = None if until is None else until - time.monotonic()
+        if left is not None and left <= 0:
             return EXIT_OK
-        raise
-    return EXIT_OK
+        stream = stub.WatchEvents(
+            colo_pb2.WatchEventsRequest(
+                domain=args.domain or "", history=history, after_sequence=last, kinds=kinds
+            ),
+            timeout=left,
+        )
+        try:
+            for item in stream:
+                last = max(last, item.event.sequence)
+                print(render.as_json(item.event) if args.json else render.event(item.event), flush=True)
+            return EXIT_OK
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and args.for_seconds:
+                return EXIT_OK
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            why = exc.details() or "UNAVAILABLE"
+            print(
+                f"colo: the coordinator at {args.coordinator} is going away ({why}); reconnecting",
+                file=sys.stderr,
+                flush=True,
+            )
+        if not _reconnect(stub, args, until):
+            print(
+                f"colo: lost the coordinator at {args.coordinator}: not back within {RECONNECT_FOR:.0f} s",
+                file=sys.stderr,
+            )
+            return EXIT_UNREACHABLE
+        if last == 0 or _latest(stub) < last:
+            # Nothing seen yet, or a new coordinator process (its sequences start again): all it
+            # holds came after the stream broke.
+            last, history = 0, HISTORY_ALL
+        else:
+            history = 0  # the same one: what was missed comes from after_sequence
+
+
+def _reconnect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace, until: float | None) -> bool:
+    """Waits for a coordinator to answer again (a new process on the same address)."""
+    give_up = time.monotonic() + RECONNECT_FOR
+    if until is not None:
+        give_up = min(give_up, until)
+    while time.monotonic() < give_up:
+        try:
+            stub.ListAgents(colo_pb2.ListAgentsRequest(alive_only=True), timeout=1.0, wait_for_ready=True)
+            return True
+        except grpc.RpcError:
+            time.sleep(0.1)
+    return until is not None and time.monotonic() >= until
+
+
+def _latest(stub: colo_pb2_grpc.CoordinatorStub) -> int:
+    """The coordinator's latest event sequence (0: none)."""
+    try:
+        for item in stub.WatchEvents(colo_pb2.WatchEventsRequest(history=1), timeout=0.5):
+            return int(item.event.sequence)
+    except grpc.RpcError:
+        pass
+    return 0
 
 
 # -- argument parsing -------------------------------------------------------------------

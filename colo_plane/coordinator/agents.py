@@ -32,6 +32,8 @@ class AgentRecord:
     # Its Agent API answers: False once a command failed to reach it while its
     # heartbeats arrived (a one-way partition), until a probe gets through.
     reachable: bool = True
+    # Lost and back too often lately (liveness.Flaps): it takes no new role.
+    flapping: bool = False
     domains: dict[str, colo_pb2.DomainStatus] = field(default_factory=dict)  # as last reported
 
     @property
@@ -95,14 +97,16 @@ class AgentRegistry:
         rec = self.agents.get(host_id)
         return rec is not None and rec.alive
 
-    def channel_failing(self, host_id: str) -> bool:
-        """The channel to host's Agent API is in TRANSIENT_FAILURE (keepalive or connect failed)."""
+    def channel_state(self, host_id: str) -> grpc.ChannelConnectivity | None:
+        """The state of the channel to host's Agent API (None: no channel yet)."""
         rec = self.agents.get(host_id)
         channel = self._channels.get(rec.info.grpc_address) if rec is not None else None
-        return (
-            channel is not None
-            and channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.TRANSIENT_FAILURE
-        )
+        return channel.get_state(try_to_connect=False) if channel is not None else None
+
+    def connect(self, host_id: str) -> None:
+        """Dials host's Agent API now (a channel connects at its first call otherwise)."""
+        self.client(host_id)
+        self._channels[self.agents[host_id].info.grpc_address].get_state(try_to_connect=True)
 
     def client(self, host_id: str) -> AgentClient:
         """A client for host_id's Agent service (channels are shared per address)."""
@@ -152,6 +156,7 @@ class AgentRegistry:
             registered=True,
             domains={d.domain: d for d in req.domains},
             reachable=old.reachable if old is not None else True,  # a registration proves only one direction
+            flapping=old.flapping if old is not None else False,
         )
         self.agents[req.host_id] = rec
         return rec, previous

@@ -29,6 +29,7 @@ from colo_plane.coordinator.statemachine import (
     UNPROTECTED,
     PairMachine,
     PairRecord,
+    stamp,
 )
 from colo_plane.coordinator.store import Store
 from colo_plane.rpc import RpcError, duration, fail
@@ -61,6 +62,7 @@ class Coordinator:
         """Resumes every stored pair: no new first boot, generations carry on."""
         grace_until = time.monotonic() + self.settings.startup_grace
         self.registry.load(self.store.load_agents(), grace_until)
+        self.detector.loaded(list(self.registry.agents.values()), self.settings.startup_grace)
         for rec in self.machine.load():
             if rec.state == SYNCING:
                 # The first boot's answer died with the previous process: redo it.
@@ -443,8 +445,9 @@ class Coordinator:
                     reason=colo_pb2.ERROR_REASON_INVALID_FIELD,
                 )
         agent, previous = self.registry.register(req)
-        self.store.save_agent(agent.info)
         restarted = bool(previous) and previous != req.incarnation
+        self.detector.registered(agent, restarted=restarted)
+        self.store.save_agent(agent.info)
         message = (
             "restarted (new incarnation): its roles are lost"
             if restarted
@@ -504,15 +507,17 @@ class Coordinator:
             # Declared lost: its roles moved on; it must register again to take new ones.
             out.reregister = True
             return out
-        agent.last_seen = time.monotonic()
-        agent.info.last_heartbeat.GetCurrentTime()
-        agent.domains = {d.domain: d for d in req.domains}
-        for status in req.domains:
-            if status.domain_gone:
-                self._domain_gone(req.host_id, status)
+        # Kept cheap: a heartbeat is the one call that must never wait (liveness.py).
+        self.detector.heard(agent)
+        stamp(agent.info.last_heartbeat)
+        if req.domains or agent.domains:
+            agent.domains = {d.domain: d for d in req.domains}
+            for status in req.domains:
+                if status.domain_gone:
+                    self._domain_gone(req.host_id, status)
+            out.superseded.extend(self._superseded(req.host_id, list(req.domains)))
         if not agent.registered:
             out.reregister = True  # a restarted coordinator: tell us what you hold
-        out.superseded.extend(self._superseded(req.host_id, list(req.domains)))
         return out
 
     def _domain_gone(self, host: str, status: colo_pb2.DomainStatus) -> None:

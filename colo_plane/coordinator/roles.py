@@ -112,7 +112,9 @@ class Roles:
         return [
             placement.Candidate(
                 host_id=a.host_id,
-                alive=a.alive and a.reachable,  # a host commands cannot reach takes no role
+                # A host commands cannot reach, or one that keeps being lost and coming
+                # back, takes no role: its pairs would bounce back and forth.
+                alive=a.alive and a.reachable and not a.flapping,
                 draining=a.info.draining,
                 backends=frozenset(a.info.backends),
                 labels=dict(a.info.labels),

@@ -60,9 +60,12 @@ class Running:
     health_servicer: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     address: str
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
-        self.servicer.end_streams()
-        await serving.shutdown(self.server, self.health_servicer, grace)
+    async def stop(
+        self, grace: float = SHUTDOWN_GRACE, *, announce: float = serving.SHUTDOWN_ANNOUNCE
+    ) -> None:
+        await serving.shutdown(
+            self.server, self.health_servicer, grace, announce=announce, before_stop=self.servicer.end_streams
+        )
         await self.core.close()
         self.core.store.close()
 
@@ -86,7 +89,7 @@ async def start(db: str, listen: str, settings: Settings) -> Running:
 
 async def run(args: argparse.Namespace) -> int:
     running = await start(args.db, args.listen, settings_from(args))
-    metrics_address = serving.start_metrics(args.metrics_listen)
+    metrics_address = serving.start_metrics(args.metrics_listen, "coordinator")
     serving.write_ready_file(
         args.ready_file, {"grpc": running.address, "metrics": metrics_address, "db": args.db}
     )

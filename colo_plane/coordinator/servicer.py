@@ -55,7 +55,9 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
     def end_streams(self) -> None:
         """Shutdown: every ReportSyncPoints stream answers now with what it
         handled, rather than holding the server's graceful stop for its whole
-        grace (the agents send the rest to the next coordinator)."""
+        grace (the agents send the rest to the next coordinator), and every
+        WatchEvents stream ends UNAVAILABLE: the coordinator is going away,
+        the watcher reconnects (`colo watch` does)."""
         self._closing.set()
 
     # -- client side --------------------------------------------------------------
@@ -101,8 +103,27 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
     async def WatchEvents(
         self, request: colo_pb2.WatchEventsRequest, context: Context
     ) -> AsyncIterator[colo_pb2.WatchEventsResponse]:
+        events = self.core.watch(request).__aiter__()
+        closing = asyncio.ensure_future(self._closing.wait())
         try:
-            async for event in self.core.watch(request):
+            while True:
+                # The next event, or the coordinator going away, whichever comes first.
+                following = asyncio.ensure_future(events.__anext__())
+                await asyncio.wait((following, closing), return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    await asyncio.gather(following, return_exceptions=True)
+                    going = RpcError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the coordinator is shutting down: reconnect, with after_sequence set to the last "
+                        "sequence you saw",
+                        reason=colo_pb2.ERROR_REASON_SHUTTING_DOWN,
+                    )
+                    await context.abort(going.code, going.message, trailing_metadata=going.trailers())
+                try:
+                    event = following.result()
+                except StopAsyncIteration:
+                    return
                 yield colo_pb2.WatchEventsResponse(event=event)
         except RpcError as exc:
             await context.abort(exc.code, exc.message, trailing_metadata=exc.trailers())
@@ -113,6 +134,9 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
                 reason=colo_pb2.ERROR_REASON_WATCHER_TOO_SLOW,
             )
             await context.abort(err.code, err.message, trailing_metadata=err.trailers())
+        finally:
+            closing.cancel()
+            await events.aclose()  # type: ignore[attr-defined]
 
     # -- agent side ----------------------------------------------------------------
 

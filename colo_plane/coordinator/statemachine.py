@@ -150,6 +150,8 @@ class PairMachine:
             pair.pending_epoch = 0
             self.pairs[pair.domain] = rec
             pairs_in(pair.state).inc()
+            metrics.pair_known(pair.domain)
+            metrics.pair_state(pair.domain, "", state_name(pair.state))
         return list(self.pairs.values())
 
     def _row(self, rec: PairRecord) -> StoredPair:
@@ -247,6 +249,7 @@ class PairMachine:
             if old != NEW:
                 pairs_in(old).dec()
             pairs_in(to).inc()
+            metrics.pair_state(rec.domain, state_name(old) if old != NEW else "", state_name(to))
         if durable:
             self.persist(rec)
         else:
@@ -294,6 +297,7 @@ class PairMachine:
             stamp(pair.created_at)
             rec = PairRecord(pair)
             self.pairs[spec.domain] = rec
+            metrics.pair_known(spec.domain)
         rec.pair.spec.CopyFrom(spec)
         rec.pair.primary_host = primary
         rec.pair.last_error = ""
@@ -430,7 +434,7 @@ class PairMachine:
         generation = self._next_generation(rec)
         rec.pair.pending_epoch = 0
         rec.pair.failovers += 1
-        metrics.FAILOVERS.labels(cause_name(cause)).inc()
+        metrics.FAILOVERS.labels(cause_name(cause), rec.domain).inc()
         self.emit(
             rec,
             colo_pb2.EVENT_KIND_FAILOVER_STARTED,
@@ -490,7 +494,7 @@ class PairMachine:
         rec.pair.pending_epoch = 0
         rec.pair.failovers += 1
         rec.link_broken, rec.failures = "", 0
-        metrics.FAILOVERS.labels(cause_name(cause)).inc()
+        metrics.FAILOVERS.labels(cause_name(cause), rec.domain).inc()
         self.emit(
             rec,
             colo_pb2.EVENT_KIND_FAILOVER_STARTED,

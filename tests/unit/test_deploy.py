@@ -1262,3 +1262,47 @@ def test_rule_check_follows_recording_rules() -> None:
     problems = rule_problems(rules)
     assert any("no label le" in p for p in problems) and any("no label instance" in p for p in problems)
     assert any("no such series" in p for p in rule_problems(rules[1:]))
+
+
+# -- each daemon's series, and the rules' jobs ----------------------------------------
+
+
+def _families(collectors: tuple[Any, ...]) -> set[str]:
+    return {c.describe()[0].name for c in collectors}
+
+
+def test_each_daemon_exports_its_own_families_only() -> None:
+    common, agent, coordinator = (_families(g) for g in (metrics.COMMON, metrics.AGENT, metrics.COORDINATOR))
+    defined = {o.describe()[0].name for o in vars(metrics).values() if isinstance(o, MetricWrapperBase)}
+    assert common | agent | coordinator == defined, "every metric belongs to one daemon, or both"
+    assert not (common & agent or common & coordinator or agent & coordinator)
+    for daemon, own, other in (("agent", agent, coordinator), ("coordinator", coordinator, agent)):
+        served = {f.name for f in metrics.registry(daemon).collect()}
+        assert own | common <= served, daemon
+        assert not served & other, f"the {daemon} serves the other daemon's families"
+
+
+def _job_of(series: str) -> str | None:
+    for daemon, group in (("agent", metrics.AGENT), ("coordinator", metrics.COORDINATOR)):
+        for collector in group:
+            base = collector.describe()[0].name
+            if series == base or series.startswith(base + "_"):
+                return RULE_JOBS[daemon]
+    return None
+
+
+def scoping_problems(rules: list[dict[str, Any]]) -> list[str]:
+    """Selectors of one daemon's series that do not name its job."""
+    problems = []
+    for rule in rules:
+        for name, matchers in re.findall(r"(?<![\w:])(colo_[a-z0-9_]+)(?![\w:])(\{[^}]*\})?", rule["expr"]):
+            job = _job_of(name)
+            if job is not None and f'job="{job}"' not in matchers:
+                problems.append(f'{rule.get("alert") or rule.get("record")}: {name} without job="{job}"')
+    return problems
+
+
+def test_every_rule_names_the_job_of_the_series_it_reads() -> None:
+    assert scoping_problems(_rules()) == []
+    assert scoping_problems([{"alert": "X", "expr": "absent(colo_agents_alive)"}])
+    assert scoping_problems([{"alert": "X", "expr": 'colo_pairs{job="colo-agent"} > 0'}])
