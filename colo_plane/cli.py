@@ -88,7 +88,11 @@ def _cmd_bench_service(args: argparse.Namespace) -> int:
     divergences = tuple(float(x) for x in args.divergence.split(","))
     clients = tuple(int(x) for x in args.clients.split(","))
     results = service.run(
-        divergences=divergences, clients=clients, seconds=args.seconds, poll_us=args.poll_us
+        divergences=divergences,
+        clients=clients,
+        seconds=args.seconds,
+        rounds=args.rounds or service.ROUNDS,
+        poll_us=args.poll_us,
     )
     figures = service.as_json(results, poll_us=args.poll_us)
     print(json.dumps(figures) if args.json else service.render(results))
@@ -170,7 +174,10 @@ def _parser() -> argparse.ArgumentParser:
         default="8,32",
         help="concurrent clients, comma-separated: COLO adds latency, so few clients show it as throughput",
     )
-    bsvc.add_argument("--seconds", type=float, default=5.0, help="per measurement (3 rounds of each mode)")
+    bsvc.add_argument("--seconds", type=float, default=3.0, help="per measurement (default %(default)s)")
+    bsvc.add_argument(
+        "--rounds", type=int, default=0, help="rounds of (protected, unprotected) per case (default 5)"
+    )
     bsvc.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bsvc.add_argument(
         "--poll-us",

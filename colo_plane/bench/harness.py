@@ -325,25 +325,33 @@ def judge_median(spread: Spread, goal: float, *, at_least: bool) -> Verdict:
     return judge(spread.median, goal, at_least=at_least, interval=(spread.median_lo, spread.median_hi))
 
 
+def noise_warning(name: str, noise: Noise) -> list[str]:
+    """A warning, with the figure, when the machine's noise is past its limit."""
+    if not noise.noisy:
+        return []
+    return [
+        f"{name}: noisy machine: the {noise.what} varied by CV {noise.cv:.0%} over {noise.rounds} "
+        f"rounds (limit {noise.limit:.0%}): single rounds mean little; the figures hold as far as "
+        "their intervals say"
+    ]
+
+
+def verdict_warning(name: str, verdict: Verdict | None, fmt: str = ".2f") -> list[str]:
+    """A warning when the verdict lies within this run's noise."""
+    if verdict is None or not verdict.fragile:
+        return []
+    lo, hi = verdict.interval
+    glo, ghi = verdict.goal_interval
+    goal = f"{verdict.goal:{fmt}}" if glo == ghi else f"{verdict.goal:{fmt}} ({glo:{fmt}}-{ghi:{fmt}})"
+    return [
+        f"{name}: the verdict is within the noise: the goal {goal} and the figure's 95 % interval "
+        f"{lo:{fmt}}-{hi:{fmt}} from this run overlap: a rerun may give the other verdict"
+    ]
+
+
 def warnings(name: str, noise: Noise, verdict: Verdict | None = None, fmt: str = ".2f") -> list[str]:
-    """What the reader must know before trusting name's figures: the
-    machine's noise past the limit, and a goal inside the figure's interval."""
-    out = []
-    if noise.noisy:
-        out.append(
-            f"{name}: noisy machine: the {noise.what} varied by CV {noise.cv:.0%} over {noise.rounds} "
-            f"rounds (limit {noise.limit:.0%}): single rounds mean little; the medians hold as far as "
-            "their intervals say"
-        )
-    if verdict is not None and verdict.fragile:
-        lo, hi = verdict.interval
-        glo, ghi = verdict.goal_interval
-        goal = f"{verdict.goal:{fmt}}" if glo == ghi else f"{verdict.goal:{fmt}} ({glo:{fmt}}-{ghi:{fmt}})"
-        out.append(
-            f"{name}: the verdict is within the noise: the goal {goal} and the figure's 95 % interval "
-            f"{lo:{fmt}}-{hi:{fmt}} from this run overlap: a rerun may give the other verdict"
-        )
-    return out
+    """What the reader must know before trusting name's figures."""
+    return noise_warning(name, noise) + verdict_warning(name, verdict, fmt)
 
 
 def render_warnings(lines: Sequence[str]) -> list[str]:
