@@ -31,7 +31,7 @@ ROUNDS = 15  # rounds for the ideal's median: its 95 % interval from the 4th to 
 RAW_SHARE = 4  # raw transfers per round: a quarter of the round's checkpoints (at least 3)
 # Bytes a size's checkpoints may move when no count is asked for: enough
 # for a pooled p99 (1,000 samples) up to 10,000 pages (41 MB each), a p90
-# above (100,000 pages: 112 checkpoints, ~30 s); about a minute in all.
+# above (100,000 pages: 105 checkpoints); 80 s in all on a quiet machine.
 BUDGET_BYTES = 48e9
 WARMUP_CHECKPOINTS = 3
 
@@ -57,7 +57,7 @@ class CaseResult:
     goal_over_ideal: float
     noise: harness.Noise
     verdict: harness.Verdict  # the p99 against goal_ms (harness.judge_tail)
-    met: bool | None  # None: too few checkpoints to tell
+    met: bool | None  # None: this run cannot tell (within its noise, or too few checkpoints)
     warnings: list[str]
 
 
@@ -220,7 +220,8 @@ def render(results: list[CaseResult]) -> str:
         "pause = primary suspended to resumed, every checkpoint of the run pooled; tail = p99 with >= 1,000\n"
         "checkpoints, else p90 (>= 100) or the max; ideal = raw TCP moving the same bytes, median over\n"
         "rounds; goal: p99 <= 1.5 x ideal + 2 ms, i.e. tail/ideal <= goal (below 1,000 checkpoints: met if\n"
-        "the max is within it, NO if the p90 is past it, else ?); raw CV = the machine's noise"
+        "the max is within it, NO if the p90 is past it); ? where the tail's and the goal's 95% CIs overlap\n"
+        "(this run cannot tell); raw CV = the machine's noise"
     )
     lines += harness.render_warnings([w for r in results for w in r.warnings])
     return "\n".join(lines)

@@ -250,7 +250,7 @@ class Results:
     fake_agent_cpu_pct: float  # the same, per fake-agent process
     noise: harness.Noise
     verdicts: dict[str, harness.Verdict]
-    goals: dict[str, bool | None]  # None: too few samples to tell
+    goals: dict[str, bool | None]  # None: this run cannot tell (harness.Verdict)
     warnings: list[str]
 
 
@@ -453,7 +453,7 @@ def as_json(res: Results) -> dict[str, Any]:
 def render(res: Results) -> str:
     def ok(name: str) -> str:
         met = res.goals.get(name)
-        return "too few samples to tell" if met is None else "ok" if met else "MISSED"
+        return "? (see WARNING)" if met is None else "ok" if met else "MISSED"
 
     def tail(t: harness.Tail) -> str:
         return t.text("ms", ".3f")

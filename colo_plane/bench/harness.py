@@ -260,15 +260,19 @@ class Noise:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """A figure against its goal, and whether the noise could flip it."""
+    """A figure against its goal: met, not met, or None when this run cannot
+    tell (pyperf compare_to's "not significant"): the figure's interval and
+    the goal overlap, so a rerun may well fall on the other side.  Only a
+    verdict that its own noise cannot flip is given as met or NO."""
 
     figure: float
     goal: float
     at_least: bool  # the goal is figure >= goal (else figure <= goal)
-    met: bool | None  # None: too few samples to tell (judge_tail)
+    met: bool | None
+    figure_meets: bool  # which side of the goal the figure itself fell, telling or not
     interval: tuple[float, float]  # the figure's 95 % confidence interval from this run
     goal_interval: tuple[float, float]  # the goal's, where it is measured too (an ideal)
-    fragile: bool  # the two overlap: a rerun may well give the other verdict
+    fragile: bool  # the two overlap
     basis: str = ""  # what the figure is, where it is not plain (judge_tail)
 
     def word(self) -> str:
@@ -282,11 +286,15 @@ def judge(
     at_least: bool,
     interval: tuple[float, float],
     goal_interval: tuple[float, float] | None = None,
+    basis: str = "",
 ) -> Verdict:
-    met = figure >= goal if at_least else figure <= goal
+    meets = figure >= goal if at_least else figure <= goal
     lo, hi = interval
     glo, ghi = goal_interval or (goal, goal)
-    return Verdict(figure, goal, at_least, met, (lo, hi), (glo, ghi), lo <= ghi and glo <= hi)
+    fragile = lo <= ghi and glo <= hi
+    return Verdict(
+        figure, goal, at_least, None if fragile else meets, meets, (lo, hi), (glo, ghi), fragile, basis
+    )
 
 
 def judge_tail(
@@ -300,24 +308,27 @@ def judge_tail(
     enough samples to tell, and the bench says so rather than guess."""
     n = len(values)
     if label in {"max", "p50"} or n >= TAIL_MIN_SAMPLES[label]:
-        out = judge(
-            percentile_of(label, values),
-            goal,
-            at_least=False,
-            interval=tail_interval(label, values),
-            goal_interval=goal_interval,
+        figure, interval = percentile_of(label, values), tail_interval(label, values)
+        return judge(
+            figure, goal, at_least=False, interval=interval, goal_interval=goal_interval, basis=label
         )
-        return dataclasses.replace(out, basis=label)
     below = "p90" if n >= TAIL_MIN_SAMPLES["p90"] and label == "p99" else "p50"
     low, high = percentile_of(below, values), max(values)
-    glo, ghi = goal_interval or (goal, goal)
     if high <= goal:
-        return Verdict(high, goal, False, True, (high, high), (glo, ghi), high >= glo, f"max, for {label}")
-    lo, hi = tail_interval(below, values)
+        return judge(
+            high,
+            goal,
+            at_least=False,
+            interval=(high, high),
+            goal_interval=goal_interval,
+            basis=f"max, for {label}",
+        )
     if low > goal:
+        interval = tail_interval(below, values)
         basis = f"{below}, for {label}"
-        return Verdict(low, goal, False, False, (lo, hi), (glo, ghi), lo <= ghi and glo <= hi, basis)
-    return Verdict(low, goal, False, None, (low, high), (glo, ghi), True, f"{below}..max, for {label}")
+        return judge(low, goal, at_least=False, interval=interval, goal_interval=goal_interval, basis=basis)
+    glo, ghi = goal_interval or (goal, goal)
+    return Verdict(low, goal, False, None, True, (low, high), (glo, ghi), True, f"{below}..max, for {label}")
 
 
 def judge_median(spread: Spread, goal: float, *, at_least: bool) -> Verdict:
@@ -341,11 +352,17 @@ def verdict_warning(name: str, verdict: Verdict | None, fmt: str = ".2f") -> lis
     if verdict is None or not verdict.fragile:
         return []
     lo, hi = verdict.interval
+    if ".." in verdict.basis:  # judge_tail's "p90..max, for p99"
+        return [
+            f"{name}: too few samples to tell: the goal {verdict.goal:{fmt}} lies between their "
+            f"{verdict.basis.split('..')[0]} {lo:{fmt}} and their max {hi:{fmt}}: take more samples"
+        ]
     glo, ghi = verdict.goal_interval
     goal = f"{verdict.goal:{fmt}}" if glo == ghi else f"{verdict.goal:{fmt}} ({glo:{fmt}}-{ghi:{fmt}})"
     return [
         f"{name}: the verdict is within the noise: the goal {goal} and the figure's 95 % interval "
-        f"{lo:{fmt}}-{hi:{fmt}} from this run overlap: a rerun may give the other verdict"
+        f"{lo:{fmt}}-{hi:{fmt}} overlap, so this run cannot tell (the figure alone "
+        f"{'meets' if verdict.figure_meets else 'misses'} it): rerun it quieter, or with more rounds"
     ]
 
 

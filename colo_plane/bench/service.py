@@ -252,7 +252,8 @@ def render(results: list[Result]) -> str:
         "ratio = median over rounds of protected / unprotected throughput (same guest, same clients, "
         "same round);\nmin-max = of the per-round ratios (for 5 rounds also the median's 94 % interval); "
         "latencies pooled over rounds;\nCV = the machine's noise: the unprotected throughput's variation "
-        f"across rounds; goal: ratio >= {GOAL} at {GOAL_DIVERGENCE:.0%}"
+        f"across rounds; goal: ratio >= {GOAL} at {GOAL_DIVERGENCE:.0%} (? where the median's interval "
+        "spans it: this run cannot tell)"
     )
     lines += harness.render_warnings([w for r in results for w in r.warnings])
     return "\n".join(lines)

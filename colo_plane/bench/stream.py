@@ -150,7 +150,8 @@ def render(results: list[CaseResult]) -> str:
     lines.append(
         "ratio = median over rounds of stream / raw TCP in the same round (same bytes, same write sizes);\n"
         "95% CI = the median's confidence interval; IQR, min-max = of the per-round ratios;\n"
-        "raw CV = the machine's noise: the raw baseline's variation across rounds"
+        "raw CV = the machine's noise: the raw baseline's variation across rounds;\n"
+        "goal: met or NO where the 95% CI is on one side of it, else ? (this run cannot tell)"
     )
     lines += harness.render_warnings([w for r in results for w in r.warnings])
     return "\n".join(lines)

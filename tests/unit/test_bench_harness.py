@@ -131,12 +131,12 @@ def test_noise_limit_is_pyperf_ten_percent() -> None:
     assert rough.text() == "machine noise: raw varied by CV 20% over 3 rounds"
 
 
-def test_judge_median_is_fragile_when_the_goal_is_inside_the_interval() -> None:
+def test_judge_median_cannot_tell_when_the_goal_is_inside_the_interval() -> None:
     ratios = harness.Spread.of([0.80, 0.86, 0.90, 0.95, 1.00, 1.05, 1.10])  # interval: 0.80-1.10
     v = harness.judge_median(ratios, 0.85, at_least=True)
-    assert (v.figure, v.met, v.fragile, v.word()) == (0.95, True, True, "met")
+    assert (v.figure, v.met, v.figure_meets, v.fragile, v.word()) == (0.95, None, True, True, "?")
     v = harness.judge_median(ratios, 0.75, at_least=True)
-    assert (v.met, v.fragile) == (True, False)
+    assert (v.met, v.fragile, v.word()) == (True, False, "met")
     v = harness.judge_median(ratios, 1.20, at_least=True)
     assert (v.met, v.fragile, v.word()) == (False, False, "NO")
     v = harness.judge_median(ratios, 1.20, at_least=False)  # figure <= goal
@@ -145,19 +145,19 @@ def test_judge_median_is_fragile_when_the_goal_is_inside_the_interval() -> None:
 
 def test_judge_goal_interval_overlap() -> None:
     v = harness.judge(3.0, 4.0, at_least=False, interval=(2.5, 3.5), goal_interval=(3.4, 4.5))
-    assert v.met
-    assert v.fragile
+    assert (v.met, v.figure_meets, v.fragile) == (None, True, True)
     v = harness.judge(3.0, 4.0, at_least=False, interval=(2.5, 3.5), goal_interval=(3.6, 4.5))
-    assert not v.fragile
+    assert (v.met, v.fragile) == (True, False)
 
 
 def test_judge_tail_with_enough_samples_uses_the_percentile() -> None:
     thousand = [float(x) for x in range(1, 1001)]
     v = harness.judge_tail("p99", thousand, 995.0)
-    assert (v.figure, v.met, v.basis, v.interval) == (990.0, True, "p99", (983.0, 998.0))
-    assert v.fragile  # 995 is inside 983-998
+    assert (v.figure, v.figure_meets, v.basis, v.interval) == (990.0, True, "p99", (983.0, 998.0))
+    assert (v.met, v.fragile) == (None, True)  # 995 is inside 983-998
     v = harness.judge_tail("p99", thousand, 980.0)
     assert (v.met, v.fragile) == (False, False)
+    assert harness.judge_tail("p99", thousand, 1500.0).met
 
 
 def test_judge_tail_with_too_few_samples_uses_bounds() -> None:
@@ -168,8 +168,10 @@ def test_judge_tail_with_too_few_samples_uses_bounds() -> None:
     assert (v.met, v.figure, v.basis) == (False, 180.0, "p90, for p99")
     v = harness.judge_tail("p99", two_hundred, 190.0)
     assert (v.met, v.word(), v.fragile) == (None, "?", True)
+    noise = harness.Noise.of("probe", [1.0, 1.0])
+    assert "too few samples to tell" in harness.warnings("x", noise, v)[0]
     ten = [float(x) for x in range(1, 11)]
-    assert harness.judge_tail("max", ten, 10.0).met
+    assert harness.judge_tail("max", ten, 10.5).met
     assert not harness.judge_tail("max", ten, 9.5).met
 
 
@@ -181,6 +183,7 @@ def test_warnings_carry_the_figures() -> None:
     assert "CV 20% over 3 rounds (limit 10%)" in lines[0]
     assert "0.85" in lines[1]
     assert "0.80-1.00" in lines[1]
+    assert "cannot tell (the figure alone meets it)" in lines[1]
     quiet = harness.Noise.of("raw TCP baseline", [10.0, 10.1, 9.9])
     firm = harness.judge(1.2, 0.85, at_least=True, interval=(1.1, 1.3))
     assert harness.warnings("full", quiet, firm) == []
