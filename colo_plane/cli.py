@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=0,
-        help="rounds of (raw, stream), alternating which goes first (default 40)",
+        help="rounds of (raw, stream), alternating which goes first (default 80)",
     )
     bstream.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bstream.set_defaults(func=_cmd_bench_stream)

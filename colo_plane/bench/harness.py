@@ -341,7 +341,7 @@ def noise_warning(name: str, noise: Noise) -> list[str]:
     if not noise.noisy:
         return []
     return [
-        f"{name}: noisy machine: the {noise.what} varied by CV {noise.cv:.0%} over {noise.rounds} "
+        f"{name}: noisy machine: the {noise.what} varied by CV {noise.cv:.1%} over {noise.rounds} "
         f"rounds (limit {noise.limit:.0%}): single rounds mean little; the figures hold as far as "
         "their intervals say"
     ]
@@ -359,9 +359,10 @@ def verdict_warning(name: str, verdict: Verdict | None, fmt: str = ".2f") -> lis
         ]
     glo, ghi = verdict.goal_interval
     goal = f"{verdict.goal:{fmt}}" if glo == ghi else f"{verdict.goal:{fmt}} ({glo:{fmt}}-{ghi:{fmt}})"
+    figure = f"figure {lo:{fmt}}" if lo == hi else f"figure's 95 % interval {lo:{fmt}}-{hi:{fmt}}"
     return [
-        f"{name}: the verdict is within the noise: the goal {goal} and the figure's 95 % interval "
-        f"{lo:{fmt}}-{hi:{fmt}} overlap, so this run cannot tell (the figure alone "
+        f"{name}: the verdict is within the noise: the goal {goal} and the {figure} overlap, "
+        "so this run cannot tell (the figure alone "
         f"{'meets' if verdict.figure_meets else 'misses'} it): rerun it quieter, or with more rounds"
     ]
 

@@ -180,7 +180,7 @@ def test_warnings_carry_the_figures() -> None:
     fragile = harness.judge(0.9, 0.85, at_least=True, interval=(0.8, 1.0))
     lines = harness.warnings("full", noise, fragile)
     assert len(lines) == 2
-    assert "CV 20% over 3 rounds (limit 10%)" in lines[0]
+    assert "CV 20.0% over 3 rounds (limit 10%)" in lines[0]
     assert "0.85" in lines[1]
     assert "0.80-1.00" in lines[1]
     assert "cannot tell (the figure alone meets it)" in lines[1]
