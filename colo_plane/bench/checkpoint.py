@@ -223,8 +223,8 @@ def render(results: list[CaseResult]) -> str:
         "pause = primary suspended to resumed, every checkpoint of the run pooled; tail = p99 with >= 1,000\n"
         "checkpoints, else p90 (>= 100) or the max; ideal = raw TCP moving the same bytes (the median, all\n"
         "rounds pooled); goal: p99 <= 1.5 x ideal + 2 ms, i.e. tail/ideal <= goal (below 1,000 checkpoints:\n"
-        "met if the max is within it, NO if the p90 is past it); ? where the tail's and the goal's 95% CIs\n"
-        "overlap (this run cannot tell); raw CV = the machine's noise (per-round medians)"
+        "met if the max is within it, NO if the p90 is past it); ? where the tail is as near the goal as\n"
+        "the noise of their 95% CIs reaches (this run cannot tell); raw CV = the machine's noise"
     )
     lines += harness.render_warnings([w for r in results for w in r.warnings])
     return "\n".join(lines)

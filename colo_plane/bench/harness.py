@@ -261,9 +261,9 @@ class Noise:
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """A figure against its goal: met, not met, or None when this run cannot
-    tell (pyperf compare_to's "not significant"): the figure's interval and
-    the goal overlap, so a rerun may well fall on the other side.  Only a
-    verdict that its own noise cannot flip is given as met or NO."""
+    tell (pyperf compare_to's "not significant"): the figure is as close to
+    the goal as its noise reaches, so a rerun may well fall on the other
+    side.  Only a verdict that its own noise cannot flip is met or NO."""
 
     figure: float
     goal: float
@@ -272,7 +272,7 @@ class Verdict:
     figure_meets: bool  # which side of the goal the figure itself fell, telling or not
     interval: tuple[float, float]  # the figure's 95 % confidence interval from this run
     goal_interval: tuple[float, float]  # the goal's, where it is measured too (an ideal)
-    fragile: bool  # the two overlap
+    fragile: bool  # their distance is within their noise (judge)
     basis: str = ""  # what the figure is, where it is not plain (judge_tail)
 
     def word(self) -> str:
@@ -288,10 +288,19 @@ def judge(
     goal_interval: tuple[float, float] | None = None,
     basis: str = "",
 ) -> Verdict:
+    """The verdict, or None where the figure's distance from the goal is
+    within the noise of the two: sqrt(a^2 + b^2), a and b the half-widths of
+    their intervals on the sides that face each other (two overlapping 95 %
+    intervals are not yet a difference within the noise; a goal that is a
+    constant has b = 0, and the rule is: the goal inside the interval)."""
     meets = figure >= goal if at_least else figure <= goal
     lo, hi = interval
     glo, ghi = goal_interval or (goal, goal)
-    fragile = lo <= ghi and glo <= hi
+    if figure >= goal:
+        a, b = figure - lo, ghi - goal
+    else:
+        a, b = hi - figure, goal - glo
+    fragile = abs(figure - goal) <= math.hypot(a, b)
     return Verdict(
         figure, goal, at_least, None if fragile else meets, meets, (lo, hi), (glo, ghi), fragile, basis
     )
@@ -359,10 +368,10 @@ def verdict_warning(name: str, verdict: Verdict | None, fmt: str = ".2f") -> lis
         ]
     glo, ghi = verdict.goal_interval
     goal = f"{verdict.goal:{fmt}}" if glo == ghi else f"{verdict.goal:{fmt}} ({glo:{fmt}}-{ghi:{fmt}})"
-    figure = f"figure {lo:{fmt}}" if lo == hi else f"figure's 95 % interval {lo:{fmt}}-{hi:{fmt}}"
+    figure = f"figure {lo:{fmt}}" if lo == hi else f"figure {verdict.figure:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
     return [
-        f"{name}: the verdict is within the noise: the goal {goal} and the {figure} overlap, "
-        "so this run cannot tell (the figure alone "
+        f"{name}: the verdict is within the noise: the {figure} is as near the goal {goal} as the "
+        "noise of the two reaches, so this run cannot tell (the figure alone "
         f"{'meets' if verdict.figure_meets else 'misses'} it): rerun it quieter, or with more rounds"
     ]
 

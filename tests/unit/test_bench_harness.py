@@ -11,6 +11,7 @@ import pytest
 
 from colo_plane.bench import harness
 from colo_plane.bench.checkpoint import default_checkpoints
+from colo_plane.bench.stream import same_bytes_rounds
 
 
 def test_quantile_interpolates_like_statistics_inclusive() -> None:
@@ -143,11 +144,18 @@ def test_judge_median_cannot_tell_when_the_goal_is_inside_the_interval() -> None
     assert v.met
 
 
-def test_judge_goal_interval_overlap() -> None:
-    v = harness.judge(3.0, 4.0, at_least=False, interval=(2.5, 3.5), goal_interval=(3.4, 4.5))
+def test_judge_a_measured_goal_adds_its_noise() -> None:
+    # 1.0 apart; half-widths facing each other 0.5 and 1.0: sqrt(1.25) > 1.
+    v = harness.judge(3.0, 4.0, at_least=False, interval=(2.5, 3.5), goal_interval=(3.0, 4.5))
     assert (v.met, v.figure_meets, v.fragile) == (None, True, True)
-    v = harness.judge(3.0, 4.0, at_least=False, interval=(2.5, 3.5), goal_interval=(3.6, 4.5))
+    # The intervals overlap (3.4-3.5), yet 0.5 and 0.6 make 0.78 < 1: a verdict.
+    v = harness.judge(3.0, 4.0, at_least=False, interval=(2.5, 3.5), goal_interval=(3.4, 4.5))
     assert (v.met, v.fragile) == (True, False)
+    # The other side: the figure past the goal uses its lower and the goal's upper half.
+    v = harness.judge(5.0, 4.0, at_least=False, interval=(4.5, 9.0), goal_interval=(1.0, 4.5))
+    assert (v.met, v.fragile) == (False, False)  # hypot(0.5, 0.5) = 0.71 < 1
+    v = harness.judge(5.0, 4.0, at_least=False, interval=(4.2, 9.0), goal_interval=(1.0, 4.7))
+    assert (v.met, v.figure_meets) == (None, False)  # hypot(0.8, 0.7) = 1.06 > 1
 
 
 def test_judge_tail_with_enough_samples_uses_the_percentile() -> None:
@@ -181,9 +189,9 @@ def test_warnings_carry_the_figures() -> None:
     lines = harness.warnings("full", noise, fragile)
     assert len(lines) == 2
     assert "CV 20.0% over 3 rounds (limit 10%)" in lines[0]
-    assert "0.85" in lines[1]
-    assert "0.80-1.00" in lines[1]
+    assert "goal 0.85" in lines[1]
     assert "cannot tell (the figure alone meets it)" in lines[1]
+    assert "0.90 (0.80-1.00)" in lines[1]
     quiet = harness.Noise.of("raw TCP baseline", [10.0, 10.1, 9.9])
     firm = harness.judge(1.2, 0.85, at_least=True, interval=(1.1, 1.3))
     assert harness.warnings("full", quiet, firm) == []
@@ -195,3 +203,9 @@ def test_checkpoint_counts_carry_a_p99_where_the_budget_allows() -> None:
     assert default_checkpoints(10_000, 15) == 1005
     assert default_checkpoints(100_000, 15) == 105  # 410 MB each: a p90 and the max
     assert default_checkpoints(100_000, 7) % 7 == 0
+
+
+def test_stream_dirty_case_moves_the_full_cases_bytes() -> None:
+    assert same_bytes_rounds(80, 65536, 10_000, 2) == 262  # 269 MB a round against 2 x 41 MB
+    assert same_bytes_rounds(80, 65536, 65536, 1) == 80
+    assert same_bytes_rounds(3, 65536, 60_000, 2) == 3  # never fewer than asked
