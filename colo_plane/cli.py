@@ -29,7 +29,8 @@ def _cmd_version(args: argparse.Namespace) -> int:
 def _cmd_bench_stream(args: argparse.Namespace) -> int:
     from colo_plane.bench import stream
 
-    results = stream.run(domain_mib=args.domain_mib, dirty_pages=args.dirty_pages, repeats=args.repeats)
+    rounds = args.rounds or stream.ROUNDS
+    results = stream.run(domain_mib=args.domain_mib, dirty_pages=args.dirty_pages, rounds=rounds)
     print(json.dumps(stream.as_json(results)) if args.json else stream.render(results))
     return 0
 
@@ -75,8 +76,9 @@ def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
     from colo_plane.bench import checkpoint
 
     sizes = tuple(int(x) for x in args.sizes.split(","))
-    raw, results = checkpoint.run(sizes=sizes, checkpoints=args.checkpoints)
-    print(json.dumps(checkpoint.as_json(raw, results)) if args.json else checkpoint.render(raw, results))
+    rounds = args.rounds or checkpoint.ROUNDS
+    results = checkpoint.run(sizes=sizes, checkpoints=args.checkpoints, rounds=rounds)
+    print(json.dumps(checkpoint.as_json(results)) if args.json else checkpoint.render(results))
     return 0
 
 
@@ -86,7 +88,11 @@ def _cmd_bench_service(args: argparse.Namespace) -> int:
     divergences = tuple(float(x) for x in args.divergence.split(","))
     clients = tuple(int(x) for x in args.clients.split(","))
     results = service.run(
-        divergences=divergences, clients=clients, seconds=args.seconds, poll_us=args.poll_us
+        divergences=divergences,
+        clients=clients,
+        seconds=args.seconds,
+        rounds=args.rounds or service.ROUNDS,
+        poll_us=args.poll_us,
     )
     figures = service.as_json(results, poll_us=args.poll_us)
     print(json.dumps(figures) if args.json else service.render(results))
@@ -136,12 +142,26 @@ def _parser() -> argparse.ArgumentParser:
     bstream = bench_sub.add_parser("stream", help="stream writer+reader vs raw TCP over loopback")
     bstream.add_argument("--domain-mib", type=int, default=256, help="domain size (default 256 MiB)")
     bstream.add_argument("--dirty-pages", type=int, default=10_000, help="dirty set of the second case")
-    bstream.add_argument("--repeats", type=int, default=5, help="alternating runs of each (median kept)")
+    bstream.add_argument(
+        "--rounds",
+        "--repeats",
+        type=int,
+        default=0,
+        help="rounds of (raw, stream) of the full domain, alternating which goes first (default 80); "
+        "the dirty case runs as many as move the same bytes",
+    )
     bstream.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bstream.set_defaults(func=_cmd_bench_stream)
     bckpt = bench_sub.add_parser("checkpoint", help="primary pause per checkpoint vs the raw TCP ideal")
     bckpt.add_argument("--sizes", default="1000,10000,100000", help="dirty set sizes, comma-separated")
-    bckpt.add_argument("--checkpoints", type=int, default=100, help="checkpoints per size (default 100)")
+    bckpt.add_argument(
+        "--checkpoints",
+        type=int,
+        default=0,
+        help="checkpoints per size over all rounds (default: 1,005 for a p99 where a 48 GB budget allows, "
+        "else what it allows: a p90 and the max)",
+    )
+    bckpt.add_argument("--rounds", type=int, default=0, help="rounds of (raw, checkpoints) (default 15)")
     bckpt.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bckpt.set_defaults(func=_cmd_bench_checkpoint)
     bsvc = bench_sub.add_parser("service", help="loadgen protected vs unprotected, same guest, same run")
@@ -155,7 +175,10 @@ def _parser() -> argparse.ArgumentParser:
         default="8,32",
         help="concurrent clients, comma-separated: COLO adds latency, so few clients show it as throughput",
     )
-    bsvc.add_argument("--seconds", type=float, default=5.0, help="per measurement (3 rounds of each mode)")
+    bsvc.add_argument("--seconds", type=float, default=3.0, help="per measurement (default %(default)s)")
+    bsvc.add_argument(
+        "--rounds", type=int, default=0, help="rounds of (protected, unprotected) per case (default 5)"
+    )
     bsvc.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bsvc.add_argument(
         "--poll-us",

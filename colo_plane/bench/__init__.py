@@ -1,2 +1,2 @@
-"""Benchmarks behind `colo bench ...`: each prints a ratio against a
-baseline measured in the same run."""
+"""Benchmarks behind `colo bench ...`: each against a baseline measured in
+the same run, in interleaved rounds, through one harness (harness.py)."""

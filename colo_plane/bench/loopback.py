@@ -1,8 +1,16 @@
-"""A connected loopback TCP pair, as two agents on one host would have."""
+"""Loopback TCP for the benches: a connected pair, as two agents on one host
+would have; the raw C baseline over it; and a probe of the machine's noise."""
 
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from collections.abc import Callable
+
+from colo_plane import native
+
+PROBE_BYTES = 64 << 20  # ~30 ms at today's rate: short enough to run between any two phases
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -13,3 +21,66 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
         sender = socket.create_connection(listener.getsockname())
         receiver, _ = listener.accept()
     return sender, receiver
+
+
+def run_pair(send: Callable[[], None], recv: Callable[[], None]) -> float:
+    """Runs send in a thread and recv here; seconds from start to both done."""
+    errors: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            send()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=sender)
+    start = time.perf_counter()
+    thread.start()
+    recv()
+    thread.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+class RawLink:
+    """The raw C baseline: bytes moved over one loopback connection, kept
+    open between measurements (as the stream's is), in chunk-sized writes
+    walking through a buffer of buffer_bytes."""
+
+    def __init__(self, buffer_bytes: int, chunk: int) -> None:
+        self.tx_buf, self.rx_buf = native.RawBuffer(buffer_bytes), native.RawBuffer(buffer_bytes)
+        self.chunk = chunk
+        self.tx, self.rx = tcp_pair()
+
+    def seconds(self, total: int) -> float:
+        return run_pair(
+            lambda: native.raw_send(self.tx, self.tx_buf, total, self.chunk),
+            lambda: native.raw_recv(self.rx, self.rx_buf, total, self.chunk),
+        )
+
+    def close(self) -> None:
+        self.tx.close()
+        self.rx.close()
+
+    def __enter__(self) -> RawLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Probe:
+    """A fixed piece of work in C (64 MiB over loopback TCP) for benches with
+    no baseline of their own: its GB/s across rounds is the machine's noise."""
+
+    def __init__(self) -> None:
+        self._link = RawLink(PROBE_BYTES, 1 << 20)
+        self.gbps()  # first touch of the buffers: page faults are not noise
+
+    def gbps(self) -> float:
+        return PROBE_BYTES / self._link.seconds(PROBE_BYTES) / 1e9
+
+    def close(self) -> None:
+        self._link.close()

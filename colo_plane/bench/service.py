@@ -5,13 +5,15 @@ clients), at several divergence rates; prints the ratios.
 A divergence rate is the share of replies in which primary and secondary
 differ.  Each guest adds its nondeterministic field with probability p on
 its own, so replies differ with probability 1 - (1 - p)^2: the bench sets p
-from the rate asked for, and prints the rate the primary's proxy measured."""
+from the rate asked for, and prints the rate the primary's proxy measured.
+
+In rounds (harness): protected and unprotected alternate on the same guest,
+and the figure is the median of the per-round ratios."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -21,10 +23,13 @@ import grpc
 
 from colo_plane import loadgen, promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
+from colo_plane.bench import harness
 from colo_plane.localcluster import LocalCluster
 from colo_plane.rpc import duration
 
 GOAL = 0.8  # protected >= 0.8 x unprotected at 1 %
+GOAL_DIVERGENCE = 0.01
+ROUNDS = 5  # the fewest whose min-max is a ~95 % interval of the median (94 %)
 
 
 SETTLE = 0.6  # seconds: the agent folds the proxy's counters into its metrics twice a second
@@ -39,33 +44,45 @@ def guest_probability(rate: float) -> float:
 class Result:
     divergence: float
     clients: int
+    rounds: int
     measured_divergence: float  # replies that differed / requests, from the primary's proxy
     guest_probability: float
-    protected_ops_per_second: float
+    protected_ops_per_second: float  # median over rounds
     unprotected_ops_per_second: float
-    ratio: float
+    ratio: float  # median over rounds of that round's protected / unprotected
+    ratio_spread: harness.Spread
+    protected_ms: harness.Tail  # every request's latency, pooled over rounds
+    unprotected_ms: harness.Tail
     protected_p50_ms: float
-    protected_p99_ms: float
+    protected_p99_ms: float | None  # only with >= 1,000 requests
     unprotected_p50_ms: float
-    unprotected_p99_ms: float
+    unprotected_p99_ms: float | None
     checkpoints: int
     acknowledged_writes_lost: int
+    noise: harness.Noise  # the unprotected service's variation across rounds
+    verdict: harness.Verdict | None  # at the goal's divergence only
+    warnings: list[str]
 
 
-def _measure(address: str, clients: int, seconds: float) -> loadgen.Report:
+def _measure(address: str, clients: int, seconds: float) -> tuple[loadgen.Report, list[float]]:
+    """The report, and every request's latency in ms."""
+    ledger = loadgen.Ledger()
+
     async def go() -> loadgen.Report:
-        return await loadgen.run(loadgen.resolver(None, None, address), clients=clients, seconds=seconds)
+        resolve = loadgen.resolver(None, None, address)
+        return await loadgen.run(resolve, clients=clients, seconds=seconds, ledger=ledger)
 
-    return asyncio.run(go())
+    report = asyncio.run(go())
+    return report, [x * 1e3 for x in ledger.latencies]
 
 
 def run(
     *,
     divergences: tuple[float, ...] = (0.0, 0.01, 0.10),
     clients: tuple[int, ...] = (8, 32),
-    seconds: float = 5.0,
+    seconds: float = 3.0,
     pages: int = 262144,  # 1 GiB; half of it a store of 2M keys: no round fills it
-    rounds: int = 3,
+    rounds: int = ROUNDS,
     poll_us: int = 0,
 ) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="colo-bench-") as tmp:
@@ -125,8 +142,9 @@ def _one(
     pages: int,
     rounds: int,
 ) -> Result:
-    """Alternates protected and unprotected runs on the same guest (unprotect
-    keeps it running; protect again starts from it); medians of each."""
+    """Rounds of protected and unprotected on the same guest (unprotect
+    keeps it running; protect again starts from it), alternating which goes
+    first: P U, U P, P U ..., so each switch of mode serves two measurements."""
     domain = f"bench-{int(rate * 1000)}-{clients}"
     p = guest_probability(rate)
     spec = colo_pb2.DomainSpec(
@@ -136,64 +154,116 @@ def _one(
             pages=pages, service_pages=pages // 2, dirty_rate=2_000, seed=11, divergence_probability=p
         ),
     )
-    protected: list[loadgen.Report] = []
-    unprotected: list[loadgen.Report] = []
+    reports: list[loadgen.Report] = []
+    latencies: dict[bool, list[float]] = {True: [], False: []}
+    endpoint = ""
+    protected_now = False
     checkpoints = 0
     differed = requests = 0.0
-    for _ in range(rounds):
-        pair = _protect(stub, spec)
+
+    def protected() -> float:
+        nonlocal endpoint, protected_now, checkpoints, differed, requests
+        if not protected_now:
+            pair = _protect(stub, spec)
+            endpoint, protected_now = pair.service_endpoint, True
+        epoch = stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5).pair.epoch
         before = _diverged(primary_metrics)
-        protected.append(_measure(pair.service_endpoint, clients, seconds))
+        report, lat = _measure(endpoint, clients, seconds)
         time.sleep(SETTLE)
         after = _diverged(primary_metrics)
         differed, requests = differed + after[0] - before[0], requests + after[1] - before[1]
-        checkpoints += stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5).pair.epoch - pair.epoch
-        stub.UnprotectDomain(colo_pb2.UnprotectDomainRequest(domain=domain, stop_domain=False), timeout=30)
-        unprotected.append(_measure(pair.service_endpoint, clients, seconds))
+        checkpoints += stub.GetPair(colo_pb2.GetPairRequest(domain=domain), timeout=5).pair.epoch - epoch
+        reports.append(report)
+        latencies[True] += lat
+        return report.ops_per_second
+
+    def unprotected() -> float:
+        nonlocal protected_now
+        if protected_now:
+            stub.UnprotectDomain(
+                colo_pb2.UnprotectDomainRequest(domain=domain, stop_domain=False), timeout=30
+            )
+            protected_now = False
+        report, lat = _measure(endpoint, clients, seconds)
+        reports.append(report)
+        latencies[False] += lat
+        return report.ops_per_second
+
+    # The guest exists once it is first protected: round 0 starts protected.
+    runs = harness.interleave(rounds, unprotected, protected, subject_first=True)
     stub.UnprotectDomain(colo_pb2.UnprotectDomainRequest(domain=domain, stop_domain=True), timeout=30)
-    for report in protected + unprotected:
+    for report in reports:
         if report.errors:
             raise RuntimeError(f"bench: the load did not run cleanly: {report.errors[:3]}")
 
-    def med(reports: list[loadgen.Report], field: str) -> float:
-        return float(statistics.median(getattr(r, field) for r in reports))
-
-    prot, unprot = med(protected, "ops_per_second"), med(unprotected, "ops_per_second")
+    ratio = harness.Spread.of([r.subject / r.baseline for r in runs])
+    noise = harness.Noise.of("unprotected service's ops/s", [r.baseline for r in runs])
+    prot, unprot = harness.Tail.of(latencies[True]), harness.Tail.of(latencies[False])
+    verdict = harness.judge_median(ratio, GOAL, at_least=True) if rate == GOAL_DIVERGENCE else None
     return Result(
         divergence=rate,
         clients=clients,
+        rounds=rounds,
         measured_divergence=differed / requests if requests else 0.0,
         guest_probability=p,
-        protected_ops_per_second=prot,
-        unprotected_ops_per_second=unprot,
-        ratio=prot / unprot,
-        protected_p50_ms=med(protected, "p50_ms"),
-        protected_p99_ms=med(protected, "p99_ms"),
-        unprotected_p50_ms=med(unprotected, "p50_ms"),
-        unprotected_p99_ms=med(unprotected, "p99_ms"),
+        protected_ops_per_second=harness.Spread.of([r.subject for r in runs]).median,
+        unprotected_ops_per_second=harness.Spread.of([r.baseline for r in runs]).median,
+        ratio=ratio.median,
+        ratio_spread=ratio,
+        protected_ms=prot,
+        unprotected_ms=unprot,
+        protected_p50_ms=prot.p50,
+        protected_p99_ms=prot.p99,
+        unprotected_p50_ms=unprot.p50,
+        unprotected_p99_ms=unprot.p99,
         checkpoints=checkpoints,
-        acknowledged_writes_lost=sum(r.acknowledged_writes_lost for r in protected + unprotected),
+        acknowledged_writes_lost=sum(r.acknowledged_writes_lost for r in reports),
+        noise=noise,
+        verdict=verdict,
+        warnings=harness.warnings(f"{rate:.0%} divergence, {clients} clients", noise, verdict),
     )
 
 
+def _tail(t: harness.Tail) -> str:
+    label, value = t.top
+    return f"{t.p50:.2f}/{value:.2f}" + ("" if label == "p99" else f" ({label})")
+
+
 def render(results: list[Result]) -> str:
+    rounds = results[0].rounds if results else 0
     lines = [
-        f"{'diverge':>8}{'measured':>9}{'clients':>8}{'prot ops/s':>12}{'unprot ops/s':>14}{'ratio':>7}"
-        f"{'prot p50/p99 ms':>18}{'unprot p50/p99 ms':>20}{'ckpts':>7}{'lost':>6}"
+        f"colo bench service: {rounds} rounds of (protected, unprotected) on the same guest, "
+        "alternating which goes first",
+        f"{'diverge':>8}{'measured':>9}{'clients':>8}{'prot ops/s':>11}{'unprot ops/s':>13}{'ratio':>7}"
+        f"{'min-max':>11}{'prot p50/p99 ms':>17}{'unprot p50/p99 ms':>19}{'requests':>10}{'ckpts':>6}"
+        f"{'lost':>5}{'CV':>5}  goal",
     ]
     for r in results:
         lines.append(
-            f"{r.divergence:>8.0%}{r.measured_divergence:>9.2%}{r.clients:>8}{r.protected_ops_per_second:>12.0f}{r.unprotected_ops_per_second:>14.0f}"
-            f"{r.ratio:>7.2f}{r.protected_p50_ms:>9.2f}/{r.protected_p99_ms:<8.2f}"
-            f"{r.unprotected_p50_ms:>11.2f}/{r.unprotected_p99_ms:<8.2f}{r.checkpoints:>7}{r.acknowledged_writes_lost:>6}"
+            f"{r.divergence:>8.0%}{r.measured_divergence:>9.2%}{r.clients:>8}"
+            f"{r.protected_ops_per_second:>11.0f}{r.unprotected_ops_per_second:>13.0f}{r.ratio:>7.2f}"
+            f"{r.ratio_spread.range():>11}{_tail(r.protected_ms):>17}{_tail(r.unprotected_ms):>19}"
+            f"{r.protected_ms.samples + r.unprotected_ms.samples:>10}{r.checkpoints:>6}"
+            f"{r.acknowledged_writes_lost:>5}{r.noise.cv:>5.0%}  {r.verdict.word() if r.verdict else '-'}"
         )
     lines.append(
         "diverge = share of replies in which primary and secondary differ (each guest's field at "
         "1-sqrt(1-rate));\nmeasured = that share as the primary's proxy counted it; "
-        f"ratio = protected / unprotected throughput (same guest, same clients); goal >= {GOAL} at 1 %"
+        "ratio = median over rounds of protected / unprotected throughput (same guest, same clients, "
+        "same round);\nmin-max = of the per-round ratios (for 5 rounds also the median's 94 % interval); "
+        "latencies pooled over rounds;\nCV = the machine's noise: the unprotected throughput's variation "
+        f"across rounds; goal: ratio >= {GOAL} at {GOAL_DIVERGENCE:.0%} (? where the median's interval "
+        "spans it: this run cannot tell)"
     )
+    lines += harness.render_warnings([w for r in results for w in r.warnings])
     return "\n".join(lines)
 
 
 def as_json(results: list[Result], *, poll_us: int = 0) -> dict[str, object]:
-    return {"bench": "service", "poll_us": poll_us, "cases": [asdict(r) for r in results]}
+    return {
+        "bench": "service",
+        "poll_us": poll_us,
+        "goal": GOAL,
+        "cases": [asdict(r) for r in results],
+        "warnings": [w for r in results for w in r.warnings],
+    }
