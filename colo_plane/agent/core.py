@@ -55,7 +55,7 @@ class AgentConfig:
     poll_us: int = POLL_US  # the proxy's threads busy-poll this long before sleeping
 
 
-def _native_code(exc: BaseException) -> dict[str, str]:
+def _error_metadata(exc: BaseException) -> dict[str, str]:
     """The C error code's name (ErrorInfo metadata "native_error"), when C failed."""
     if isinstance(exc, native.NativeError):
         code = exc.code
@@ -171,7 +171,7 @@ class AgentCore:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"cannot open the {role.value} domain: {exc}",
                 reason=colo_pb2.ERROR_REASON_CANNOT_OPEN,
-                metadata=_native_code(exc),
+                metadata=_error_metadata(exc),
             )
 
     # -- PrepareSecondary --------------------------------------------------------
@@ -424,7 +424,7 @@ class AgentCore:
                 f"{replica.domain}: epoch {epoch} failed: {exc}; the secondary keeps its last whole "
                 "checkpoint and the pair needs re-protection",
                 reason=colo_pb2.ERROR_REASON_EPOCH_FAILED,
-                metadata=_native_code(exc),
+                metadata=_error_metadata(exc),
             )
 
     # -- Checkpoint --------------------------------------------------------------

@@ -16,6 +16,7 @@ from colo_plane.agent.primary import PrimaryLink
 from colo_plane.agent.secondary import SecondaryLoop
 from colo_plane.agent.syncpoints import SyncPoint
 from colo_plane.bench.loopback import tcp_pair
+from colo_plane.bench.rawio import RawBuffer
 from colo_plane.bench.stream import RECORD_BYTES, _time_raw
 
 GOAL_FACTOR = 1.5
@@ -45,7 +46,7 @@ def _ignore(_: SyncPoint) -> None:
 
 
 def _raw_gbps(total: int) -> float:
-    tx_buf, rx_buf = native.RawBuffer(min(total, 512 << 20)), native.RawBuffer(min(total, 512 << 20))
+    tx_buf, rx_buf = RawBuffer(min(total, 512 << 20)), RawBuffer(min(total, 512 << 20))
     runs = [total / _time_raw(total, tx_buf, rx_buf) / 1e9 for _ in range(3)]
     return statistics.median(runs)
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from colo_plane import native
 from colo_plane.bench.loopback import tcp_pair
+from colo_plane.bench.rawio import RawBuffer, raw_recv, raw_send
 
 RECORD_HEAD = 16  # record header + PAGE_DATA count/reserved
 RECORD_BYTES = RECORD_HEAD + native.MAX_PFNS_PER_RECORD * (8 + native.PAGE_SIZE)
@@ -83,12 +84,12 @@ def _time_stream(
         return _run_pair(send, recv)
 
 
-def _time_raw(total: int, tx_buf: native.RawBuffer, rx_buf: native.RawBuffer) -> float:
+def _time_raw(total: int, tx_buf: RawBuffer, rx_buf: RawBuffer) -> float:
     tx, rx = tcp_pair()
     with tx, rx:
         return _run_pair(
-            lambda: native.raw_send(tx, tx_buf, total, RECORD_BYTES),
-            lambda: native.raw_recv(rx, rx_buf, total, RECORD_BYTES),
+            lambda: raw_send(tx, tx_buf, total, RECORD_BYTES),
+            lambda: raw_recv(rx, rx_buf, total, RECORD_BYTES),
         )
 
 
@@ -103,7 +104,7 @@ def run_case(name: str, domain_pages: int, dirty: int, rounds: int, repeats: int
         # Buffers as large as one checkpoint: the baseline moves the same
         # amount of distinct memory, not one hot 4 MiB buffer.
         size = stream_bytes(dirty)
-        tx_buf, rx_buf = native.RawBuffer(size), native.RawBuffer(size)
+        tx_buf, rx_buf = RawBuffer(size), RawBuffer(size)
         stream_s, raw_s = [], []
         for _ in range(repeats):
             stream_s.append(_time_stream(primary, secondary, pages, rounds))
