@@ -18,10 +18,11 @@ from colo_plane import spec as bounds
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink, domains, handshake, proxy
 from colo_plane.agent.flags import POLL_US
-from colo_plane.agent.primary import Outcome, PrimaryLink, TestHooks
+from colo_plane.agent.primary import Outcome, PrimaryLink
 from colo_plane.agent.replica import Armed, Replica
 from colo_plane.agent.secondary import ProtocolError
 from colo_plane.agent.syncpoints import Role, SyncSink
+from colo_plane.native import TestHooks
 from colo_plane.rpc import RpcError, fail, seconds
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ Modules, each importing only those above it:
 - ``_ffi``: the compiled module, checked against the package version;
 - ``abi``: the C side's enums, constants and result records, checked at import;
 - ``errors``: NativeError and its subclasses, the code-to-class table;
-- ``bitmap``, ``domain``, ``stream``, ``proxy``, ``checkpoint``: one concern each.
+- ``bitmap``, ``domain``, ``stream``, ``proxy``, ``checkpoint``: one concern each;
+- ``testhooks``: the switches that break a checkpoint on purpose, for tests only.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from colo_plane.native.errors import (
 )
 from colo_plane.native.proxy import MAX_POLL_US, Mirror, Proxy
 from colo_plane.native.stream import StreamReader, StreamWriter, page_data_bytes
+from colo_plane.native.testhooks import TestHooks
 
 __all__ = [
     "MAX_CONTEXT_BYTES",
@@ -96,6 +98,7 @@ __all__ = [
     "StreamReader",
     "StreamTimeout",
     "StreamWriter",
+    "TestHooks",
     "page_data_bytes",
     "primary_checkpoint",
     "secondary_checkpoint",

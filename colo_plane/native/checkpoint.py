@@ -12,6 +12,7 @@ from colo_plane.native.domain import Domain, PageHashes
 from colo_plane.native.errors import NativeError, _check
 from colo_plane.native.proxy import Proxy
 from colo_plane.native.stream import StreamReader, StreamWriter
+from colo_plane.native.testhooks import TestHooks, _hooks_struct
 
 __all__ = ["primary_checkpoint", "secondary_checkpoint"]
 
@@ -45,20 +46,20 @@ def primary_checkpoint(
     generation: int,
     epoch: int,
     page_hashes: PageHashes | None = None,
-    send_only_a: bool = False,
-    cut_after: int = 0,
     proxy: Proxy | None = None,
+    test_hooks: TestHooks | None = None,
 ) -> CheckpointResult:
     """The primary's side of one checkpoint; returns at SECONDARY_RESUMED.
     scratch is (A, B, D): B must be the reader's dirty_out.  With proxy, the
-    replies the checkpoint covers are released as SECONDARY_RESUMED arrives."""
+    replies the checkpoint covers are released as SECONDARY_RESUMED arrives.
+    test_hooks break the checkpoint on purpose (tests only)."""
     a, b, d = scratch
     if b is not reader._dirty:
         raise ValueError("B must be the bitmap the reader merges the dirty lists into")
     opt = _ckpt_options(generation, epoch, page_hashes)
-    opt.send_only_a = int(send_only_a)
-    opt.cut_after = u64("cut_after", cut_after)
     opt.proxy = proxy._p() if proxy is not None else ffi.NULL
+    hooks = _hooks_struct(test_hooks)  # held here: opt points into it during the call
+    opt.test_hooks = hooks
     out = ffi.new("struct colo_ckpt_result *")
     code = lib.colo_primary_checkpoint(
         writer._fd, reader._p(), dom._p(), a._ptr, b._ptr, d._ptr, opt, writer._timeout, out

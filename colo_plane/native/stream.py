@@ -44,14 +44,6 @@ class StreamWriter:
         """PAGE_DATA for every pfn in pages, straight from guest memory."""
         _check(lib.colo_write_pages(self._fd, dom._p(), pages._ptr, self._timeout))
 
-    def pages_cut(self, dom: Domain, pages: Bitmap, cut_after: int) -> None:
-        """Test hook: as pages(), but stop after cut_after bytes, mid-record."""
-        _check(
-            lib.colo_write_pages_cut(
-                self._fd, dom._p(), pages._ptr, u64("cut_after", cut_after), self._timeout
-            )
-        )
-
     def context(self, dom: Domain) -> None:
         _check(lib.colo_write_context(self._fd, dom._p(), self._timeout))
 

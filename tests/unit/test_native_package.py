@@ -4,12 +4,14 @@ table from C error code to exception class."""
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
 
 from colo_plane import native
-from colo_plane.native import errors
+from colo_plane.native import errors, testhooks
+from colo_plane.native._ffi import ffi
 from colo_plane.native.abi import ErrorCode
 
 PACKAGE = Path(native.__file__).parent
@@ -90,3 +92,17 @@ def test_only_ffi_imports_the_compiled_module() -> None:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("colo_plane._native"):
                 importers.add(path.stem)
     assert importers == {"_ffi"}
+
+
+def test_test_hooks_apart_from_the_options() -> None:
+    """The primary's call takes its test switches as one TestHooks, and none
+    reach C unless a test sets one."""
+    params = inspect.signature(native.primary_checkpoint).parameters
+    assert "test_hooks" in params
+    assert not {"send_only_a", "cut_after"} & set(params)
+    assert testhooks._hooks_struct(None) == ffi.NULL
+    assert testhooks._hooks_struct(native.TestHooks()) == ffi.NULL
+    hooks = testhooks._hooks_struct(native.TestHooks(send_only_a=True, cut_after_bytes=300_000))
+    assert (hooks.send_only_a, hooks.cut_after) == (1, 300_000)
+    with pytest.raises(ValueError, match="cut_after_bytes"):
+        testhooks._hooks_struct(native.TestHooks(cut_after_bytes=-1))
