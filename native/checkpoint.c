@@ -54,25 +54,34 @@ static uint64_t service_seq(colo_domain *dom)
 
 /* ---- primary ------------------------------------------------------------- */
 
+static const struct colo_ckpt_test_hooks no_test_hooks;
+
+/* The test hooks in force: none unless a test passed some. */
+static const struct colo_ckpt_test_hooks *test_hooks(const struct colo_ckpt_options *opt)
+{
+    return opt->test_hooks ? opt->test_hooks : &no_test_hooks;
+}
+
 /* Paused: A, D, and everything of the new state on the stream. */
 static int send_state(int fd, colo_domain *dom, colo_bitmap *a, colo_bitmap *b, colo_bitmap *d,
                       const struct colo_ckpt_options *opt, int timeout_ms, struct colo_ckpt_result *out)
 {
+    const struct colo_ckpt_test_hooks *hooks = test_hooks(opt);
     int rc;
     out->last_seq = service_seq(dom);
     if ((rc = colo_domain_dirty_read_clear(dom, a)) != COLO_OK)
         return rc;
-    rc = opt->send_only_a ? colo_bitmap_copy(d, a) : colo_bitmap_union(d, a, b);
+    rc = hooks->send_only_a ? colo_bitmap_copy(d, a) : colo_bitmap_union(d, a, b);
     if (rc != COLO_OK)
         return rc;
     out->dirty_a = colo_bitmap_count(a);
     out->dirty_b = colo_bitmap_count(b);
     out->dirty_d = out->pages = colo_bitmap_count(d);
-    if (opt->cut_after) {
-        colo_write_pages_cut(fd, dom, d, opt->cut_after, timeout_ms);
+    if (hooks->cut_after) {
+        (void)colo_write_pages_cut(fd, dom, d, hooks->cut_after, timeout_ms);  /* fails below either way */
         shutdown(fd, SHUT_RDWR);
         return colo_fail(COLO_E_PROTOCOL, "test hook: checkpoint %llu torn after %llu bytes",
-                         (unsigned long long)opt->epoch, (unsigned long long)opt->cut_after);
+                         (unsigned long long)opt->epoch, (unsigned long long)hooks->cut_after);
     }
     cork(fd, 1);
     rc = colo_write_pages(fd, dom, d, timeout_ms);
@@ -181,6 +190,8 @@ static int secondary_steps(int fd, colo_reader *fwd, colo_domain *dom, colo_bitm
     struct colo_event ev;
     uint64_t pause_start;
     int rc;
+    if (opt->test_hooks)  /* they break the primary's side; none is the secondary's */
+        return colo_fail(COLO_E_INVAL, "test hooks are the primary's: the secondary takes none");
     if ((rc = colo_reader_expect_checkpoint(fwd, dom, opt->generation, opt->epoch)) ||
         (rc = colo_domain_pause(dom)))
         return rc;

@@ -428,16 +428,24 @@ int colo_mirror_result(colo_mirror *m, int *finished, uint64_t *served, uint64_t
  * waits on the caller between them.  Timestamps are CLOCK_MONOTONIC ns; a
  * sync point's is taken before its record is written. */
 
+/* Switches that break the protocol on purpose, for tests only (the agent's
+ * hidden --test-* flags), apart from the options so production code sets
+ * none of them by accident: it passes no test hooks at all (NULL). */
+struct colo_ckpt_test_hooks {
+    uint32_t send_only_a;    /* D = A, B left out */
+    uint32_t reserved;
+    uint64_t cut_after;      /* tear PAGE_DATA after this many bytes, then fail */
+};
+
 struct colo_ckpt_options {
     uint64_t generation;
     uint64_t epoch;
     uint64_t *page_hashes;   /* verify mode: this side's page hashes land here
                               * (one a page); NULL: no VERIFY exchange */
-    uint32_t send_only_a;    /* primary test hook: D = A, B left out */
-    uint32_t reserved;
-    uint64_t cut_after;      /* primary test hook: tear PAGE_DATA after this many bytes */
     colo_proxy *proxy;       /* primary: its held replies the checkpoint covers are released
                               * the moment SECONDARY_RESUMED arrives (NULL: the caller does) */
+    const struct colo_ckpt_test_hooks *test_hooks;  /* primary, tests only; NULL in production
+                                                     * (the secondary refuses any: COLO_E_INVAL) */
 };
 
 struct colo_ckpt_result {

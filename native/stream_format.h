@@ -6,7 +6,7 @@
  * xg_sr_stream_format.h apart from xg_sr_save.c and xg_sr_restore.c.
  *
  * Part of the cffi cdef: build_native.py reads colo.h, then this, and
- * colo_plane/native.py checks its RecordType and ControlId against these
+ * colo_plane/native/abi.py checks its RecordType and ControlId against these
  * numbers at import.  So, as in colo.h: no include guard, no includes
  * (colo.h comes first: COLO_PAGE_SIZE, COLO_MAX_PFNS_PER_RECORD), only
  * integer #defines and enums.  The layout names are the ones stream.c

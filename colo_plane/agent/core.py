@@ -18,10 +18,11 @@ from colo_plane import spec as bounds
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink, domains, handshake, proxy
 from colo_plane.agent.flags import POLL_US
-from colo_plane.agent.primary import Outcome, PrimaryLink, TestHooks
+from colo_plane.agent.primary import Outcome, PrimaryLink
 from colo_plane.agent.replica import Armed, Replica
 from colo_plane.agent.secondary import ProtocolError
 from colo_plane.agent.syncpoints import Role, SyncSink
+from colo_plane.native import TestHooks
 from colo_plane.rpc import RpcError, fail, seconds
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class AgentConfig:
     poll_us: int = POLL_US  # the proxy's threads busy-poll this long before sleeping
 
 
-def _native_code(exc: BaseException) -> dict[str, str]:
+def _error_metadata(exc: BaseException) -> dict[str, str]:
     """The C error code's name (ErrorInfo metadata "native_error"), when C failed."""
     if isinstance(exc, native.NativeError):
         code = exc.code
@@ -173,7 +174,7 @@ class AgentCore:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"cannot open the {role.value} domain: {exc}",
                 reason=colo_pb2.ERROR_REASON_CANNOT_OPEN,
-                metadata=_native_code(exc),
+                metadata=_error_metadata(exc),
             )
 
     # -- PrepareSecondary --------------------------------------------------------
@@ -426,7 +427,7 @@ class AgentCore:
                 f"{replica.domain}: epoch {epoch} failed: {exc}; the secondary keeps its last whole "
                 "checkpoint and the pair needs re-protection",
                 reason=colo_pb2.ERROR_REASON_EPOCH_FAILED,
-                metadata=_native_code(exc),
+                metadata=_error_metadata(exc),
             )
 
     # -- Checkpoint --------------------------------------------------------------

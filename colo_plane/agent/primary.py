@@ -15,19 +15,11 @@ from dataclasses import dataclass
 from colo_plane import metrics, native
 from colo_plane.agent.secondary import IO_TIMEOUT, ProtocolError
 from colo_plane.agent.syncpoints import Role, Stats, SyncPoint, SyncSink, Verify, now_ns
-from colo_plane.native import ControlId, Direction, EventKind
+from colo_plane.native import ControlId, Direction, EventKind, TestHooks
 
 log = logging.getLogger(__name__)
 
 CONTROL_RECORD = 8 + 24
-
-
-@dataclass(frozen=True)
-class TestHooks:
-    """Switches that break the protocol on purpose, for tests only."""
-
-    send_only_a: bool = False  # send A instead of D = A | B
-    cut_after_bytes: int = 0  # tear the next checkpoint after this many PAGE_DATA bytes
 
 
 @dataclass(frozen=True)
@@ -234,9 +226,8 @@ class PrimaryLink:
                 generation=self.generation,
                 epoch=epoch,
                 page_hashes=self._mine,
-                send_only_a=self.hooks.send_only_a,
-                cut_after=self.hooks.cut_after_bytes,
                 proxy=self.release,
+                test_hooks=self.hooks,
             )
         except native.NativeError as exc:
             if exc.checkpoint is not None and exc.checkpoint.t_request_ns:

@@ -60,7 +60,7 @@ class PrimaryProxy:
         self.request_checkpoint = request_checkpoint
         self.reply_timeout = reply_timeout
         self.poll_us = poll_us
-        self._native: native.Proxy | None = None
+        self._data_path: native.Proxy | None = None
         self._want = 0  # highest held seq a checkpoint must include
         self._want_reason = "mismatch"
         self._asked = 0  # highest seq the coordinator promised a checkpoint for
@@ -77,47 +77,47 @@ class PrimaryProxy:
         listener = listen(host, port)
         address = addresses.join(host, listener.getsockname()[1])
         try:
-            self._native = native.Proxy(self.dom, listener, self.reply_timeout, poll_us=self.poll_us)
+            self._data_path = native.Proxy(self.dom, listener, self.reply_timeout, poll_us=self.poll_us)
         except BaseException:
             listener.close()
             raise
-        self._covered = self._native.stats().covered
+        self._covered = self._data_path.stats().covered
         loop = asyncio.get_running_loop()
-        loop.add_reader(self._native.event_fd, self._drain)
+        loop.add_reader(self._data_path.event_fd, self._drain)
         self._ticker = loop.call_later(TICK, self._tick)
         return address
 
     @property
     def data_path(self) -> native.Proxy | None:
         """The data path itself (a checkpoint releases replies through it in C)."""
-        return self._native
+        return self._data_path
 
     @property
     def held(self) -> int:
-        return self._native.stats().held if self._native is not None else 0
+        return self._data_path.stats().held if self._data_path is not None else 0
 
     # -- the secondary -------------------------------------------------------------
 
     async def attach(self, link: socket.socket) -> None:
         """A secondary is in sync (first boot done): compare from now on."""
-        assert self._native is not None
-        self._native.attach(link)
+        assert self._data_path is not None
+        self._data_path.attach(link)
 
     async def detach(self) -> None:
         """The secondary is gone: hold what is not yet released (until unprotect())."""
-        if self._native is not None:
-            self._native.detach()
+        if self._data_path is not None:
+            self._data_path.detach()
 
     def unprotect(self) -> int:
         """The coordinator says the secondary is lost: release everything held."""
-        return self._native.unprotect() if self._native is not None else 0
+        return self._data_path.unprotect() if self._data_path is not None else 0
 
     def arming(self, waiting: bool) -> None:
         """An armed checkpoint starts waiting (True) or ended (False)."""
-        if not self._armed_ever and self._native is not None:
+        if not self._armed_ever and self._data_path is not None:
             # Armed checkpoints serve held replies in C: Python needs the events
             # only for the log, and the tick drains them (not two wake-ups a checkpoint).
-            asyncio.get_running_loop().remove_reader(self._native.event_fd)
+            asyncio.get_running_loop().remove_reader(self._data_path.event_fd)
         self._armed_ever = True
         self._arms += 1 if waiting else -1
         if not waiting:
@@ -127,8 +127,8 @@ class PrimaryProxy:
         """SECONDARY_RESUMED of checkpoint epoch (the first boot's), whose state
         includes every request <= last_seq: release them."""
         self.covered(last_seq)
-        if self._native is not None:
-            self._native.checkpoint_done(epoch, last_seq)
+        if self._data_path is not None:
+            self._data_path.checkpoint_done(epoch, last_seq)
 
     def covered(self, last_seq: int) -> None:
         """A checkpoint that released its replies in C (colo_primary_checkpoint
@@ -138,11 +138,11 @@ class PrimaryProxy:
     # -- what the C side tells ------------------------------------------------------
 
     def _drain(self) -> None:
-        if self._native is None:
+        if self._data_path is None:
             return
         holds: list[str] = []
         releases: dict[tuple[int, int], list[str]] = {}
-        for ev in self._native.events():
+        for ev in self._data_path.events():
             if ev.kind is native.ProxyEventKind.HOLD:
                 holds.append(f"{ev.seq} ({ev.reason}) t={ev.t_ns}")
                 if ev.seq > self._want:
@@ -204,9 +204,9 @@ class PrimaryProxy:
         self._ticker = loop.call_later(TICK, self._tick)
 
     def _refresh_metrics(self) -> None:
-        if self._native is None:
+        if self._data_path is None:
             return
-        now, seen = self._native.stats(), self._seen
+        now, seen = self._data_path.stats(), self._seen
         metrics.PROXY_REQUESTS.inc(now.requests - seen.requests)
         metrics.DIVERGENCES.labels("mismatch", self.domain).inc(now.mismatches - seen.mismatches)
         metrics.DIVERGENCES.labels("timeout", self.domain).inc(now.timeouts - seen.timeouts)
@@ -228,12 +228,12 @@ class PrimaryProxy:
             self._asker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._asker
-        if self._native is not None:
-            asyncio.get_running_loop().remove_reader(self._native.event_fd)
+        if self._data_path is not None:
+            asyncio.get_running_loop().remove_reader(self._data_path.event_fd)
             self._drain()  # the last holds and releases, on the record
             self._refresh_metrics()
-            await asyncio.to_thread(self._native.close)  # joins the C thread
-            self._native = None
+            await asyncio.to_thread(self._data_path.close)  # joins the C thread
+            self._data_path = None
             # Its clients are gone with it.
             metrics.PROXY_CLIENTS_PAUSED.dec(self._seen.clients_paused)
             metrics.PROXY_OUTPUT_BYTES.dec(self._seen.output_bytes)

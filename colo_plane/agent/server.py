@@ -15,11 +15,11 @@ from colo_plane import addresses, native, serving
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink
 from colo_plane.agent.core import AgentConfig, AgentCore
-from colo_plane.agent.primary import TestHooks
 from colo_plane.agent.registration import Registration
 from colo_plane.agent.reporter import SyncReporter
 from colo_plane.agent.servicer import AgentServicer
 from colo_plane.agent.syncpoints import Role
+from colo_plane.native import TestHooks
 
 log = logging.getLogger(__name__)
 

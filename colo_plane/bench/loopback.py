@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from colo_plane import native
+from colo_plane.bench import rawio
 
 PROBE_BYTES = 64 << 20  # ~30 ms at today's rate: short enough to run between any two phases
 
@@ -50,14 +50,14 @@ class RawLink:
     walking through a buffer of buffer_bytes."""
 
     def __init__(self, buffer_bytes: int, chunk: int) -> None:
-        self.tx_buf, self.rx_buf = native.RawBuffer(buffer_bytes), native.RawBuffer(buffer_bytes)
+        self.tx_buf, self.rx_buf = rawio.RawBuffer(buffer_bytes), rawio.RawBuffer(buffer_bytes)
         self.chunk = chunk
         self.tx, self.rx = tcp_pair()
 
     def seconds(self, total: int) -> float:
         return run_pair(
-            lambda: native.raw_send(self.tx, self.tx_buf, total, self.chunk),
-            lambda: native.raw_recv(self.rx, self.rx_buf, total, self.chunk),
+            lambda: rawio.raw_send(self.tx, self.tx_buf, total, self.chunk),
+            lambda: rawio.raw_recv(self.rx, self.rx_buf, total, self.chunk),
         )
 
     def close(self) -> None:
