@@ -7,7 +7,8 @@
  *   CHECKPOINT_REQUEST  ------------------>  pause, read dirty log B
  *                       <------------------  SECONDARY_SUSPENDED, dirty list B
  *   pause, read A, send D = A|B, context,
- *   CHECKPOINT (last_seq) [hash], resume --->  apply in one step [hash, VERIFY]
+ *   CHECKPOINT_INFO (last_seq), CHECKPOINT
+ *   [hash], resume ------------------------>  apply in one step [hash, VERIFY]
  *                       <------------------  resume, SECONDARY_RESUMED
  */
 #include <string.h>
@@ -214,8 +215,8 @@ int colo_secondary_checkpoint(int fd, colo_reader *fwd, colo_domain *dom, colo_b
     memset(out, 0, sizeof(*out));
     out->epoch = opt->epoch;
     out->t_request_ns = colo_now_ns();
-    /* The CHECKPOINT is checked whole (generation, epoch, last_seq) before it
-     * applies.  On any error the guest stays paused with its last whole
+    /* The checkpoint's claims (its CHECKPOINT_INFO: generation, epoch,
+     * last_seq) are checked before it applies.  On any error the guest stays paused with its last whole
      * checkpoint: whatever was staged is dropped (a record the call did not
      * want, a timeout between records), nothing half-applied runs. */
     if ((rc = secondary_steps(fd, fwd, dom, dirty, opt, timeout_ms, out)) != COLO_OK)

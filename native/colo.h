@@ -217,6 +217,8 @@ int colo_write_dirty_list(int fd, const colo_bitmap *pages, int timeout_ms);
 int colo_write_verify(int fd, uint64_t epoch, uint64_t memory_hash,
                       uint64_t context_hash, uint64_t pages,
                       const uint64_t *page_hashes, int timeout_ms);
+/* The end of a checkpoint: CHECKPOINT_INFO (generation, epoch, last_seq)
+ * and the empty CHECKPOINT right after it, in one write. */
 int colo_write_checkpoint(int fd, uint64_t generation, uint64_t epoch,
                           uint64_t last_seq, int timeout_ms);
 int colo_write_end(int fd, int timeout_ms);
@@ -229,7 +231,7 @@ enum colo_event_kind {
     COLO_EV_CONTROL = 1,      /* CHECKPOINT_STATE: control_id, generation, epoch */
     COLO_EV_DIRTY = 2,        /* back channel dirty list merged into dirty_out */
     COLO_EV_VERIFY = 3,       /* VERIFY: epoch, hashes, pages; page_hashes set when it carried them */
-    COLO_EV_CHECKPOINT = 4,   /* CHECKPOINT applied: generation, epoch, last_seq, pages */
+    COLO_EV_CHECKPOINT = 4,   /* CHECKPOINT applied: generation, epoch, last_seq (its CHECKPOINT_INFO's), pages */
     COLO_EV_END = 5
 };
 
@@ -254,7 +256,7 @@ typedef struct colo_reader colo_reader;
  * the back channel's dirty lists (back only; NULL forward).  Records of a
  * generation below min_generation are refused (COLO_E_STALE_GENERATION);
  * min_generation is also the stream's generation, and a sync point or
- * CHECKPOINT of a higher one is refused too (COLO_E_WRONG_GENERATION; 0:
+ * CHECKPOINT_INFO of a higher one is refused too (COLO_E_WRONG_GENERATION; 0:
  * a stream of no generation, for tests and tools: pairs start at 1).
  * timeout_ms bounds every wait inside a record; idle_timeout_ms the wait
  * for the next record (a COLO_E_TIMEOUT there leaves the reader usable).
@@ -269,9 +271,11 @@ void colo_reader_free(colo_reader *r);
 int colo_reader_header(colo_reader *r);
 /* Reads records until one the caller must see.  Pages and context are
  * staged in the domain and applied only by a whole CHECKPOINT, once what
- * it claims is checked (its generation the stream's, its last_seq not
- * below the last applied one; in colo_secondary_checkpoint also its
- * epoch the one requested).  Any other record the caller must see while
+ * the CHECKPOINT_INFO right before it claims is checked (its generation
+ * the stream's, its last_seq not below the last applied one; in
+ * colo_secondary_checkpoint also its epoch the one requested).  A
+ * CHECKPOINT without it, or it not followed by its CHECKPOINT, is
+ * refused (COLO_E_PROTOCOL).  Any other record the caller must see while
  * a checkpoint is staged tears it (COLO_E_PROTOCOL).  On any error the
  * staged state is discarded and guest memory is untouched. */
 int colo_reader_next(colo_reader *r, struct colo_event *ev);
@@ -477,8 +481,8 @@ int colo_primary_checkpoint(int fd, colo_reader *back, colo_domain *dom, colo_bi
                             colo_bitmap *b, colo_bitmap *d, const struct colo_ckpt_options *opt,
                             int timeout_ms, struct colo_ckpt_result *out);
 /* Secondary, once CHECKPOINT_REQUEST of opt->epoch was read from fwd (the
- * forward reader of dom).  The CHECKPOINT must be of opt->generation and
- * opt->epoch.  On error the guest stays paused with its last whole
+ * forward reader of dom).  The checkpoint (its CHECKPOINT_INFO) must be
+ * of opt->generation and opt->epoch.  On error the guest stays paused with its last whole
  * checkpoint, nothing is left staged, and fwd refuses further reads. */
 int colo_secondary_checkpoint(int fd, colo_reader *fwd, colo_domain *dom, colo_bitmap *dirty,
                               const struct colo_ckpt_options *opt, int timeout_ms,

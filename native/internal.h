@@ -159,8 +159,10 @@ int colo_stage_context(colo_domain *dom, const uint8_t *buf, uint64_t len);
 int colo_stage_commit(colo_domain *dom, uint64_t *pages_applied);
 
 /* stream.c: for checkpoint.c. */
-/* The next CHECKPOINT fwd reads must be of generation and epoch (checked
- * before it applies); COLO_E_INVAL unless fwd is dom's forward reader. */
+/* The next checkpoint fwd reads must be of generation and epoch (checked
+ * on its CHECKPOINT_INFO, before it applies); COLO_E_INVAL unless fwd is
+ * dom's forward reader, COLO_E_PROTOCOL when a CHECKPOINT_INFO was read
+ * and its CHECKPOINT not yet (it was checked without the expectation). */
 int colo_reader_expect_checkpoint(colo_reader *fwd, const colo_domain *dom, uint64_t generation,
                                   uint64_t epoch);
 /* A checkpoint call failed: what the reader staged is dropped, and the

@@ -2,7 +2,8 @@
  * stream v2 framing with colo-plane's image id.  The writer sends pages
  * straight from guest memory with writev; the reader checks every record
  * before it accepts it and stages a checkpoint, applying it only when the
- * CHECKPOINT record arrives. */
+ * CHECKPOINT record arrives, right after the CHECKPOINT_INFO that says
+ * which checkpoint it is (checked before anything applies). */
 #include <endian.h>
 #include <errno.h>
 #include <poll.h>
@@ -210,13 +211,20 @@ int colo_write_verify(int fd, uint64_t epoch, uint64_t memory_hash, uint64_t con
     return colo_io_writev_all(fd, iov, 3, timeout_ms);
 }
 
+_Static_assert(CHECKPOINT_INFO_BODY % 8 == 0 && CHECKPOINT_BODY == 0, "the end of a checkpoint has no padding");
+
+/* CHECKPOINT_INFO and the empty CHECKPOINT, one buffer: nothing between them. */
 int colo_write_checkpoint(int fd, uint64_t generation, uint64_t epoch, uint64_t last_seq, int timeout_ms)
 {
-    uint8_t body[CHECKPOINT_BODY];
-    put64(body, generation);
-    put64(body + 8, epoch);
-    put64(body + 16, last_seq);
-    return write_record(fd, COLO_REC_CHECKPOINT, body, sizeof(body), timeout_ms);
+    uint8_t b[8 + CHECKPOINT_INFO_BODY + 8];
+    put32(b, COLO_REC_CHECKPOINT_INFO);
+    put32(b + 4, CHECKPOINT_INFO_BODY);
+    put64(b + 8, generation);
+    put64(b + 16, epoch);
+    put64(b + 24, last_seq);
+    put32(b + 8 + CHECKPOINT_INFO_BODY, COLO_REC_CHECKPOINT);
+    put32(b + 12 + CHECKPOINT_INFO_BODY, CHECKPOINT_BODY);
+    return colo_io_write_all(fd, b, sizeof(b), timeout_ms);
 }
 
 int colo_write_end(int fd, int timeout_ms)
@@ -235,9 +243,15 @@ struct colo_reader {
     uint64_t generation;     /* the stream's: min_generation at creation (0: none) */
     uint64_t last_seq;       /* of the last CHECKPOINT applied: a later one may not go below */
     int staged;              /* this reader has staged part of a checkpoint into dom */
-    int expect;              /* the next CHECKPOINT must be of expect_generation and expect_epoch */
+    int expect;              /* the next checkpoint must be of expect_generation and expect_epoch */
     uint64_t expect_generation;
     uint64_t expect_epoch;
+    struct {                 /* the CHECKPOINT_INFO just read, checked: its CHECKPOINT comes next */
+        int read;
+        uint64_t generation;
+        uint64_t epoch;
+        uint64_t last_seq;
+    } info;
     int timeout_ms;
     int idle_timeout_ms;
     int have_header;
@@ -423,6 +437,7 @@ static int check_record(const colo_reader *r, uint32_t type, uint64_t len)
     case COLO_REC_PAGE_DATA: if (!fwd) goto wrong; bound = PAGE_DATA_MAX; break;
     case COLO_REC_HVM_CONTEXT: if (!fwd) goto wrong; bound = COLO_MAX_CONTEXT_BYTES; break;
     case COLO_REC_CHECKPOINT: if (!fwd) goto wrong; exact = CHECKPOINT_BODY; break;
+    case COLO_REC_CHECKPOINT_INFO: if (!fwd) goto wrong; exact = CHECKPOINT_INFO_BODY; break;
     case COLO_REC_CHECKPOINT_DIRTY_PFN_LIST: if (fwd) goto wrong; break;
     case COLO_REC_CHECKPOINT_STATE: exact = CONTROL_BODY; break;
     case COLO_REC_VERIFY: bound = VERIFY_BODY + r->dom->pages * 8; break;
@@ -613,37 +628,65 @@ static int on_verify(colo_reader *r, uint64_t len, struct colo_event *ev)
     return COLO_OK;
 }
 
-/* Everything a CHECKPOINT claims, before anything of it applies. */
-static int check_checkpoint(const colo_reader *r, const struct colo_event *ev)
+/* CHECKPOINT_INFO comes once a checkpoint, right before its CHECKPOINT:
+ * nothing between them, and no CHECKPOINT without it.  Checked from the
+ * record header, before its body is read. */
+static int check_order(const colo_reader *r, uint32_t type)
 {
-    int rc = check_generation(r, ev->generation);
-    if (rc)
-        return rc;
-    if (r->expect && ev->generation != r->expect_generation)
-        return colo_fail(COLO_E_WRONG_GENERATION, "CHECKPOINT of generation %llu, the checkpoint is of %llu",
-                         (unsigned long long)ev->generation, (unsigned long long)r->expect_generation);
-    if (r->expect && ev->epoch != r->expect_epoch)
-        return colo_fail(COLO_E_PROTOCOL, "CHECKPOINT of epoch %llu, epoch %llu was requested",
-                         (unsigned long long)ev->epoch, (unsigned long long)r->expect_epoch);
-    if (ev->last_seq < r->last_seq)
-        return colo_fail(COLO_E_PROTOCOL, "CHECKPOINT with last_seq %llu, below the last applied %llu",
-                         (unsigned long long)ev->last_seq, (unsigned long long)r->last_seq);
-    return own_stage(r);
+    if (r->info.read && type == COLO_REC_CHECKPOINT_INFO)
+        return colo_fail(COLO_E_PROTOCOL, "CHECKPOINT_INFO twice: one a checkpoint, right before its CHECKPOINT");
+    if (r->info.read && type != COLO_REC_CHECKPOINT)
+        return colo_fail(COLO_E_PROTOCOL, "record 0x%x after CHECKPOINT_INFO: its CHECKPOINT must come right after it",
+                         type);
+    if (!r->info.read && type == COLO_REC_CHECKPOINT)
+        return colo_fail(COLO_E_PROTOCOL, "CHECKPOINT without the CHECKPOINT_INFO that must come right before it");
+    return COLO_OK;
 }
 
+/* Everything a checkpoint claims (its CHECKPOINT_INFO), before anything of it applies. */
+static int check_claims(const colo_reader *r)
+{
+    int rc = check_generation(r, r->info.generation);
+    if (rc)
+        return rc;
+    if (r->expect && r->info.generation != r->expect_generation)
+        return colo_fail(COLO_E_WRONG_GENERATION, "CHECKPOINT_INFO of generation %llu, the checkpoint is of %llu",
+                         (unsigned long long)r->info.generation, (unsigned long long)r->expect_generation);
+    if (r->expect && r->info.epoch != r->expect_epoch)
+        return colo_fail(COLO_E_PROTOCOL, "CHECKPOINT_INFO of epoch %llu, epoch %llu was requested",
+                         (unsigned long long)r->info.epoch, (unsigned long long)r->expect_epoch);
+    if (r->info.last_seq < r->last_seq)
+        return colo_fail(COLO_E_PROTOCOL, "CHECKPOINT_INFO with last_seq %llu, below the last applied %llu",
+                         (unsigned long long)r->info.last_seq, (unsigned long long)r->last_seq);
+    return COLO_OK;
+}
+
+static int on_checkpoint_info(colo_reader *r)
+{
+    int rc = rd_body(r, CHECKPOINT_INFO_BODY);
+    if (rc)
+        return rc;
+    r->info.generation = get64(r->buf);
+    r->info.epoch = get64(r->buf + 8);
+    r->info.last_seq = get64(r->buf + 16);
+    if ((rc = check_claims(r)) != COLO_OK)
+        return rc;
+    r->info.read = 1;
+    return COLO_OK;
+}
+
+/* The CHECKPOINT (empty) right after its checked CHECKPOINT_INFO: apply. */
 static int on_checkpoint(colo_reader *r, struct colo_event *ev)
 {
-    int rc = rd_body(r, CHECKPOINT_BODY);
+    int rc = own_stage(r);
+    r->info.read = 0;  /* one CHECKPOINT_INFO, one CHECKPOINT */
+    r->expect = 0;     /* an expectation is for one checkpoint */
     if (rc)
         return rc;
     ev->kind = COLO_EV_CHECKPOINT;
-    ev->generation = get64(r->buf);
-    ev->epoch = get64(r->buf + 8);
-    ev->last_seq = get64(r->buf + 16);
-    rc = check_checkpoint(r, ev);
-    r->expect = 0;  /* an expectation is for one CHECKPOINT */
-    if (rc)
-        return rc;
+    ev->generation = r->info.generation;
+    ev->epoch = r->info.epoch;
+    ev->last_seq = r->info.last_seq;
     rc = colo_stage_commit(r->dom, &ev->pages);  /* empties the stage, applied or not */
     r->staged = 0;
     if (rc == COLO_OK)
@@ -673,7 +716,7 @@ static int read_record(colo_reader *r, struct colo_event *ev)
         return rc;
     type = get32(head);
     len = get32(head + 4);
-    if ((rc = check_record(r, type, len)) != COLO_OK)
+    if ((rc = check_record(r, type, len)) != COLO_OK || (rc = check_order(r, type)) != COLO_OK)
         return rc;
     switch (type) {
     case COLO_REC_PAGE_DATA: return on_page_data(r, len);
@@ -681,6 +724,7 @@ static int read_record(colo_reader *r, struct colo_event *ev)
     case COLO_REC_CHECKPOINT_STATE: rc = on_control(r, ev); break;
     case COLO_REC_CHECKPOINT_DIRTY_PFN_LIST: return on_dirty_list(r, len, ev);
     case COLO_REC_VERIFY: rc = on_verify(r, len, ev); break;
+    case COLO_REC_CHECKPOINT_INFO: return on_checkpoint_info(r);
     case COLO_REC_CHECKPOINT: return on_checkpoint(r, ev);
     case COLO_REC_END: ev->kind = COLO_EV_END; break;
     default: return skip_record(r, type, len);
@@ -729,6 +773,7 @@ void colo_reader_abort(colo_reader *r)
 {
     drop_stage(r);
     r->expect = 0;
+    r->info.read = 0;
     r->broken = 1;
 }
 
@@ -737,6 +782,9 @@ int colo_reader_expect_checkpoint(colo_reader *fwd, const colo_domain *dom, uint
 {
     if (fwd->dom != dom || fwd->direction != COLO_DIR_FORWARD)
         return colo_fail(COLO_E_INVAL, "a checkpoint applies into its domain through that domain's forward reader");
+    /* Its claims were checked without this expectation: its CHECKPOINT must not apply in the call. */
+    if (fwd->info.read)
+        return colo_fail(COLO_E_PROTOCOL, "a CHECKPOINT_INFO was read before the checkpoint call, its CHECKPOINT not yet");
     fwd->expect = 1;
     fwd->expect_generation = generation;
     fwd->expect_epoch = epoch;

@@ -18,7 +18,10 @@
 
 #define IMAGE_MARKER 0xFFFFFFFFFFFFFFFFULL   /* u64 marker, at 0 */
 #define IMAGE_ID 0x434F4C4FU                 /* u32 id, at 8: "COLO" (Xen's is "XENF") */
-#define IMAGE_VERSION 1U                     /* u32 version, at 12 */
+/* u32 version, at 12: a reader reads its own version only (docs/stream.md).
+ * 2: CHECKPOINT is empty, as in Xen; its claims are CHECKPOINT_INFO's.
+ * 1: CHECKPOINT carried generation, epoch and last_seq itself. */
+#define IMAGE_VERSION 2U
 #define IMAGE_OPT_BIG_ENDIAN 0x0001U         /* u16 options, at 16; then 6 reserved bytes */
 #define IMAGE_HEADER_BYTES 24
 
@@ -34,9 +37,10 @@
 #define REC_OPTIONAL 0x80000000U             /* type bit 31: a reader that does not know it skips it */
 #define COLO_MAX_RECORD_BYTES 134217728      /* no body is longer (Xen's bound) */
 
-/* Record types.  Xen's numbers where Xen has the record; CHECKPOINT_STATE
- * is libxl's record 5 moved into a block of our own so it cannot collide
- * with libxc's numbers. */
+/* Record types.  Xen's numbers where Xen has the record, meaning what
+ * they mean in Xen.  Above libxc's numbers, bit 31 clear (mandatory):
+ * 0x1000 + n is libxl's record n (CHECKPOINT_STATE is libxl's 5), and
+ * 0x2000 + n colo-plane's own record n, which Xen has not at all. */
 enum colo_rec_type {
     COLO_REC_END = 0x00,
     COLO_REC_PAGE_DATA = 0x01,
@@ -44,7 +48,8 @@ enum colo_rec_type {
     COLO_REC_VERIFY = 0x0D,
     COLO_REC_CHECKPOINT = 0x0E,
     COLO_REC_CHECKPOINT_DIRTY_PFN_LIST = 0x0F,
-    COLO_REC_CHECKPOINT_STATE = 0x1005
+    COLO_REC_CHECKPOINT_STATE = 0x1005,
+    COLO_REC_CHECKPOINT_INFO = 0x2000
 };
 
 /* CHECKPOINT_STATE's control_id: the COLO sync points (the seed's
@@ -72,6 +77,9 @@ enum colo_rec_body {
     CONTROL_BODY = 24,
     /* VERIFY: COLO_VERIFY_BYTES, then u64 page_hash[pages] or nothing. */
     VERIFY_BODY = COLO_VERIFY_BYTES,
-    /* CHECKPOINT: u64 generation, u64 epoch, u64 last_seq. */
-    CHECKPOINT_BODY = 24
+    /* CHECKPOINT_INFO: u64 generation, u64 epoch, u64 last_seq; right
+     * before the CHECKPOINT it describes (a multiple of 8: no padding). */
+    CHECKPOINT_INFO_BODY = 24,
+    /* CHECKPOINT: empty, as in Xen. */
+    CHECKPOINT_BODY = 0
 };

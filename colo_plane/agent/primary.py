@@ -19,8 +19,6 @@ from colo_plane.native import ControlId, Direction, EventKind, TestHooks
 
 log = logging.getLogger(__name__)
 
-CONTROL_RECORD = 8 + 24
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -149,7 +147,7 @@ class PrimaryLink:
 
     def _sent(self, pages: int) -> int:
         """Stream bytes of a checkpoint of pages pages (counted, not re-read)."""
-        sent = native.page_data_bytes(pages) + self._context_record + CONTROL_RECORD
+        sent = native.page_data_bytes(pages) + self._context_record + native.CHECKPOINT_END_BYTES
         metrics.PAGES_SENT.inc(pages)
         metrics.BYTES_SENT.labels(self.domain).inc(sent)
         return sent

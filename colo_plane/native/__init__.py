@@ -56,10 +56,11 @@ from colo_plane.native.errors import (
     StreamTimeout,
 )
 from colo_plane.native.proxy import MAX_POLL_US, Mirror, Proxy
-from colo_plane.native.stream import StreamReader, StreamWriter, page_data_bytes
+from colo_plane.native.stream import CHECKPOINT_END_BYTES, StreamReader, StreamWriter, page_data_bytes
 from colo_plane.native.testhooks import TestHooks
 
 __all__ = [
+    "CHECKPOINT_END_BYTES",
     "MAX_CONTEXT_BYTES",
     "MAX_PFNS_PER_RECORD",
     "MAX_POLL_US",

@@ -92,7 +92,8 @@ class RecordType(enum.IntEnum):
     VERIFY = 0x0D
     CHECKPOINT = 0x0E
     CHECKPOINT_DIRTY_PFN_LIST = 0x0F
-    CHECKPOINT_STATE = 0x1005
+    CHECKPOINT_STATE = 0x1005  # libxl's record 5, in the 0x1000 block
+    CHECKPOINT_INFO = 0x2000  # colo-plane's own: a checkpoint's claims, right before its CHECKPOINT
 
 
 class ControlId(enum.IntEnum):

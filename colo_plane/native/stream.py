@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Final
 
 from colo_plane.native._args import timeout_ms, u64
 from colo_plane.native._ffi import ffi, lib
@@ -20,7 +20,10 @@ from colo_plane.native.bitmap import Bitmap
 from colo_plane.native.domain import Domain, PageHashes, _ReaderHandle
 from colo_plane.native.errors import _check
 
-__all__ = ["StreamReader", "StreamWriter", "page_data_bytes"]
+__all__ = ["CHECKPOINT_END_BYTES", "StreamReader", "StreamWriter", "page_data_bytes"]
+
+# Stream bytes of a checkpoint's end: CHECKPOINT_INFO, then the empty CHECKPOINT.
+CHECKPOINT_END_BYTES: Final = 8 + int(lib.CHECKPOINT_INFO_BODY) + 8 + int(lib.CHECKPOINT_BODY)
 
 
 def page_data_bytes(pages: int) -> int:
@@ -80,6 +83,7 @@ class StreamWriter:
         )
 
     def checkpoint(self, generation: int, epoch: int, last_seq: int = 0) -> None:
+        """The end of a checkpoint: CHECKPOINT_INFO with what it claims, then the empty CHECKPOINT."""
         _check(
             lib.colo_write_checkpoint(
                 self._fd,

@@ -4,8 +4,10 @@ whole checkpoint call (issue 11 item 2).
 Each input is a valid forward stream (docs/stream.md) of one or two
 checkpoints, built from (seed, index) alone, then mutated: record types,
 lengths, padding, PAGE_DATA's count and pfns, the generation, epoch,
-last_seq and control id a record claims, records inserted, dropped,
-repeated or swapped, bytes flipped or overwritten, the stream cut.  It is
+last_seq and control id a record claims (CHECKPOINT_INFO, CHECKPOINT_STATE),
+records inserted, dropped, repeated or swapped (CHECKPOINT_INFO among
+them: twice, alone, away from its CHECKPOINT, a CHECKPOINT without it or
+with a body), bytes flipped or overwritten, the stream cut.  It is
 sent whole into a socketpair and read by a reader on a small sim domain,
 driven as the agent's secondary loop drives it (CHECKPOINT_REQUEST, then
 colo_secondary_checkpoint; a CHECKPOINT outside a call, as at first boot).
@@ -14,9 +16,10 @@ After each step:
 - a failed read or call leaves the domain's memory and context hashes as
   they were, a failed call leaves the guest paused, nothing stays staged,
   and the reader refuses any further record;
-- an applied checkpoint claims the stream's generation, the requested
-  epoch and a last_seq not below the stream's last, holds nothing but
-  well-formed pages, context and optional records, and leaves the domain
+- an applied checkpoint claims (in the CHECKPOINT_INFO right before its
+  empty CHECKPOINT) the stream's generation, the requested epoch and a
+  last_seq not below the stream's last, holds nothing but well-formed
+  pages, context and optional records before that, and leaves the domain
   equal to a reference domain given the same pages and context directly
   (write_page, set_context): the valid prefix, applied another way;
 - a new or closed reader leaves nothing staged.
@@ -85,7 +88,7 @@ REPORT_EVERY = 10_000  # the worker's figures so far, so a crash loses none but 
 PALETTE = [bytes([k]) * PAGE_SIZE for k in range(1, 9)] + [bytes(range(256)) * (PAGE_SIZE // 256)]
 CONTEXTS = [bytes([k]) * 256 for k in range(1, 5)] + [bytes(range(256))]
 HEADER = (
-    struct.pack(">QIIH", U64, 0x434F4C4F, 1, 0)
+    struct.pack(">QIIH", U64, 0x434F4C4F, 2, 0)  # version 2: CHECKPOINT_INFO, then an empty CHECKPOINT
     + bytes(6)
     + struct.pack("<IHHQ", DomainType.SIM, 12, 0, PAGES)
 )
@@ -126,8 +129,17 @@ def control(cid: int, generation: int, epoch: int) -> Rec:
     return rec(RecordType.CHECKPOINT_STATE, struct.pack("<IIQQ", cid, 0, generation, epoch))
 
 
-def checkpoint(generation: int, epoch: int, last_seq: int) -> Rec:
-    return rec(RecordType.CHECKPOINT, struct.pack("<QQQ", generation, epoch, last_seq))
+def checkpoint_info(generation: int, epoch: int, last_seq: int) -> Rec:
+    return rec(RecordType.CHECKPOINT_INFO, struct.pack("<QQQ", generation, epoch, last_seq))
+
+
+def bare_checkpoint(body: bytes = b"") -> Rec:
+    return rec(RecordType.CHECKPOINT, body)
+
+
+def checkpoint(generation: int, epoch: int, last_seq: int) -> list[Rec]:
+    """The end of a checkpoint: its CHECKPOINT_INFO, then the empty CHECKPOINT."""
+    return [checkpoint_info(generation, epoch, last_seq), bare_checkpoint()]
 
 
 def interesting(rng: random.Random, near: int) -> int:
@@ -175,7 +187,7 @@ def valid_stream(rng: random.Random) -> list[Rec]:
         if requested:
             recs.append(control(REQUEST, GEN, epoch))
         recs += checkpoint_body(rng)
-        recs.append(checkpoint(GEN, epoch, last_seq))
+        recs += checkpoint(GEN, epoch, last_seq)
         epoch, last_seq = epoch + rng.choice((1, 1, 2)), last_seq + rng.randrange(3)
     if rng.random() < 0.3:
         recs.append(rec(RecordType.END, b""))
@@ -193,17 +205,17 @@ def claimed_epochs(recs: list[Rec]) -> list[int]:
     out = [
         struct.unpack_from("<Q", r.body, 8)[0]
         for r in recs
-        if r.type == RecordType.CHECKPOINT and len(r.body) >= 16
+        if r.type == RecordType.CHECKPOINT_INFO and len(r.body) >= 16
     ]
     return out or [1]
 
 
 def m_claim(rng: random.Random, recs: list[Rec]) -> str | None:
-    """What a CHECKPOINT or sync point claims: generation, epoch, last_seq, control id."""
+    """What a CHECKPOINT_INFO or sync point claims: generation, epoch, last_seq, control id."""
     cands = [
         r
         for r in recs
-        if r.type in (RecordType.CHECKPOINT, RecordType.CHECKPOINT_STATE) and len(r.body) == 24
+        if r.type in (RecordType.CHECKPOINT_INFO, RecordType.CHECKPOINT_STATE) and len(r.body) == 24
     ]
     if not cands:
         return None
@@ -212,7 +224,7 @@ def m_claim(rng: random.Random, recs: list[Rec]) -> str | None:
         off = rng.choice((0, 4))
         struct.pack_into("<I", r.body, off, rng.choice((0, 1, 2, 3, 4, 0xFFFF_FFFF)))
         return "claim control word"
-    offsets = (0, 8, 16) if r.type == RecordType.CHECKPOINT else (8, 16)
+    offsets = (0, 8, 16) if r.type == RecordType.CHECKPOINT_INFO else (8, 16)
     off = rng.choice(offsets)
     struct.pack_into("<Q", r.body, off, interesting(rng, struct.unpack_from("<Q", r.body, off)[0]))
     return "claim field"
@@ -250,21 +262,26 @@ def m_length(rng: random.Random, recs: list[Rec]) -> str | None:
 
 def m_insert(rng: random.Random, recs: list[Rec]) -> str | None:
     epoch = rng.choice(claimed_epochs(recs))
-    choices: list[Callable[[], Rec]] = [
-        lambda: rec(RecordType.END, b""),
-        lambda: control(REQUEST, GEN, (epoch + rng.choice((0, 1))) & U64),
-        lambda: control(rng.randrange(5), interesting(rng, GEN), epoch),
-        lambda: rec(RecordType.VERIFY, struct.pack("<QQQQ", epoch, 1, 2, PAGES)),
-        lambda: rec(RecordType.VERIFY, struct.pack("<QQQQ", epoch, 1, 2, PAGES) + bytes(8 * PAGES)),
-        lambda: rec(RecordType.CHECKPOINT_DIRTY_PFN_LIST, struct.pack("<2Q", 1, 2)),
-        lambda: rec(OPTIONAL | rng.getrandbits(16), bytes(rng.randrange(40))),
-        lambda: rec(rng.getrandbits(16) | 0x100, bytes(8)),
+    choices: list[Callable[[], list[Rec]]] = [
+        lambda: [rec(RecordType.END, b"")],
+        lambda: [control(REQUEST, GEN, (epoch + rng.choice((0, 1))) & U64)],
+        lambda: [control(rng.randrange(5), interesting(rng, GEN), epoch)],
+        lambda: [rec(RecordType.VERIFY, struct.pack("<QQQQ", epoch, 1, 2, PAGES))],
+        lambda: [rec(RecordType.VERIFY, struct.pack("<QQQQ", epoch, 1, 2, PAGES) + bytes(8 * PAGES))],
+        lambda: [rec(RecordType.CHECKPOINT_DIRTY_PFN_LIST, struct.pack("<2Q", 1, 2))],
+        lambda: [rec(OPTIONAL | rng.getrandbits(16), bytes(rng.randrange(40)))],
+        lambda: [rec(rng.getrandbits(16) | 0x100, bytes(8))],
         lambda: checkpoint(GEN, epoch, rng.randrange(200)),
         lambda: checkpoint(interesting(rng, GEN), interesting(rng, epoch), rng.getrandbits(64)),
-        lambda: page_data([rng.choice((PAGES, U64, rng.randrange(PAGES)))], [rng.choice(PALETTE)]),
-        lambda: rec(RecordType.HVM_CONTEXT, bytes(rng.choice((0, 8, 255, 257)))),
+        # the end of a checkpoint in pieces: each alone, and the version-1 CHECKPOINT with a body
+        lambda: [checkpoint_info(GEN, epoch, rng.randrange(200))],
+        lambda: [bare_checkpoint()],
+        lambda: [bare_checkpoint(struct.pack("<QQQ", GEN, epoch, rng.randrange(200)))],
+        lambda: [page_data([rng.choice((PAGES, U64, rng.randrange(PAGES)))], [rng.choice(PALETTE)])],
+        lambda: [rec(RecordType.HVM_CONTEXT, bytes(rng.choice((0, 8, 255, 257))))],
     ]
-    recs.insert(rng.randint(0, len(recs)), rng.choice(choices)())
+    at = rng.randint(0, len(recs))
+    recs[at:at] = rng.choice(choices)()
     return "insert"
 
 
@@ -415,8 +432,10 @@ def parse_page_data(body: bytes, out: Applied) -> None:
 
 def parse_applied(seg: bytes) -> Applied:
     """The records one CHECKPOINT event consumed: pages, context, optional
-    records, then the CHECKPOINT, each well formed; anything else is a violation."""
+    records, then CHECKPOINT_INFO right before the empty CHECKPOINT, each
+    well formed; anything else is a violation."""
     out, pos = Applied(), 0
+    info: tuple[int, int, int] | None = None
     while pos < len(seg):
         if out.claim is not None:
             raise Violation("bytes after the CHECKPOINT in one event")
@@ -425,12 +444,18 @@ def parse_applied(seg: bytes) -> Applied:
         pos += 8 + n + (-n % 8)
         if len(body) != n or len(pad) != -n % 8 or any(pad):
             raise Violation(f"record 0x{rtype:x} of {n} bytes with bad padding or short body applied")
+        if info is not None and rtype != RecordType.CHECKPOINT:
+            raise Violation(f"record 0x{rtype:x} between CHECKPOINT_INFO and its CHECKPOINT applied")
         if rtype == RecordType.PAGE_DATA:
             parse_page_data(body, out)
         elif rtype == RecordType.HVM_CONTEXT:
             out.context = body
-        elif rtype == RecordType.CHECKPOINT and n == 24:
-            out.claim = struct.unpack("<QQQ", body)
+        elif rtype == RecordType.CHECKPOINT_INFO and n == 24:
+            info = struct.unpack("<QQQ", body)
+        elif rtype == RecordType.CHECKPOINT and n == 0:
+            if info is None:
+                raise Violation("a CHECKPOINT without its CHECKPOINT_INFO applied")
+            out.claim = info
         elif not (rtype & OPTIONAL and rtype not in KNOWN):
             raise Violation(f"record 0x{rtype:x} ({n} bytes) inside an applied checkpoint")
     if out.claim is None:

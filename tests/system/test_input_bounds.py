@@ -177,7 +177,7 @@ def test_reports_from_an_unknown_host_or_a_future_generation_are_refused_and_cou
 # -- the data port -------------------------------------------------------------------------
 
 PAGES = 64
-IMAGE_HEADER = struct.pack(">QIIH", 0xFFFF_FFFF_FFFF_FFFF, 0x434F4C4F, 1, 0) + bytes(6)
+IMAGE_HEADER = struct.pack(">QIIH", 0xFFFF_FFFF_FFFF_FFFF, 0x434F4C4F, 2, 0) + bytes(6)  # version 2
 DOMAIN_HEADER = struct.pack("<IHHQ", DomainType.SIM, 12, 0, PAGES)
 TOO_LONG = struct.pack("<II", RecordType.VERIFY, 0xFFFF_FFF8)  # a record head past the 128 MiB bound
 

@@ -9,7 +9,7 @@ from colo_plane.native import PAGE_SIZE, DomainType, RecordType
 
 MARKER = 0xFFFF_FFFF_FFFF_FFFF
 IMAGE_ID = 0x434F4C4F
-VERSION = 1
+VERSION = 2  # 1: CHECKPOINT carried the claims CHECKPOINT_INFO carries now
 OPTIONAL = 0x8000_0000
 PAGE_DATA_MAX = 8 + 1024 * (8 + PAGE_SIZE)
 MAX_RECORD = 128 * 1024 * 1024
@@ -73,8 +73,19 @@ def control(cid: int, generation: int = 1, epoch: int = 1, *, reserved: int = 0)
     return record(RecordType.CHECKPOINT_STATE, struct.pack("<IIQQ", cid, reserved, generation, epoch))
 
 
+def checkpoint_info(generation: int = 1, epoch: int = 1, last_seq: int = 0) -> bytes:
+    """CHECKPOINT_INFO alone: what the checkpoint claims."""
+    return record(RecordType.CHECKPOINT_INFO, struct.pack("<QQQ", generation, epoch, last_seq))
+
+
+def bare_checkpoint(body: bytes = b"") -> bytes:
+    """CHECKPOINT alone (empty, as in Xen, unless a body is given)."""
+    return record(RecordType.CHECKPOINT, body)
+
+
 def checkpoint(generation: int = 1, epoch: int = 1, last_seq: int = 0) -> bytes:
-    return record(RecordType.CHECKPOINT, struct.pack("<QQQ", generation, epoch, last_seq))
+    """The end of a checkpoint: CHECKPOINT_INFO, then the empty CHECKPOINT."""
+    return checkpoint_info(generation, epoch, last_seq) + bare_checkpoint()
 
 
 def verify(epoch: int, memory_hash: int, context_hash: int, pages: int) -> bytes:

@@ -1,4 +1,4 @@
-"""What a CHECKPOINT record claims is checked before anything of it applies,
+"""What a checkpoint claims (its CHECKPOINT_INFO) is checked before anything of it applies,
 and nothing staged outlives a failure (issue 11 item 2, found by fuzzing the
 secondary's whole checkpoint call with a peer that holds the pair secret).
 
@@ -219,6 +219,65 @@ def test_last_seq_backwards_is_refused(pair: Pair, domains: MakeDomain) -> None:
     assert sec.checkpoint(EPOCH + 1).last_seq == 10
     err = fails_unchanged(sec, EPOCH + 2)
     assert err.code == ErrorCode.PROTOCOL
+
+
+# ---- CHECKPOINT_INFO, right before its CHECKPOINT -------------------------------------
+
+
+def test_claims_are_refused_before_the_checkpoint_arrives(pair: Pair, domains: MakeDomain) -> None:
+    """The claims are checked on CHECKPOINT_INFO itself: the call fails there,
+    without waiting for a CHECKPOINT that never comes."""
+    dom = domains(pages=PAGES, seed=2)
+    sec = Secondary(pair, dom, request() + staged() + sb.checkpoint_info(GEN, EPOCH + 1), keep_open=True)
+    err = fails_unchanged(sec)
+    assert err.code == ErrorCode.PROTOCOL
+    assert "CHECKPOINT_INFO of epoch" in str(err)
+
+
+def test_call_refuses_an_info_read_before_it(pair: Pair, domains: MakeDomain) -> None:
+    """A CHECKPOINT_INFO read outside the call was checked without the call's
+    epoch: the call refuses to apply the CHECKPOINT that follows it."""
+    dom = domains(pages=PAGES, seed=2)
+    sec = Secondary(
+        pair, dom, staged() + sb.checkpoint_info(GEN, EPOCH + 7), keep_open=True, idle_timeout=0.1
+    )
+    with pytest.raises(StreamTimeout):
+        sec.reader.next()  # the CHECKPOINT_INFO is read, its CHECKPOINT not yet
+    before = dom.hash()
+    pair[0].sendall(sb.bare_checkpoint())
+    with pytest.raises(StreamError) as info:
+        secondary_checkpoint(sec.writer, sec.reader, dom, Bitmap(PAGES), generation=GEN, epoch=EPOCH)
+    assert info.value.code == ErrorCode.PROTOCOL
+    assert dom.hash() == before
+    assert dom.staged() == (0, False)
+
+
+BAD_ENDS = [
+    ("no CHECKPOINT_INFO", sb.bare_checkpoint(), ErrorCode.PROTOCOL),
+    ("CHECKPOINT_INFO twice", sb.checkpoint_info(GEN, EPOCH) + sb.checkpoint(GEN, EPOCH), ErrorCode.PROTOCOL),
+    (
+        "a page between",
+        sb.checkpoint_info(GEN, EPOCH) + sb.page_data([3], [sb.page(3)]) + sb.bare_checkpoint(),
+        ErrorCode.PROTOCOL,
+    ),
+    (
+        "a CHECKPOINT with a body",
+        sb.checkpoint_info(GEN, EPOCH) + sb.bare_checkpoint(bytes(24)),
+        ErrorCode.BAD_LENGTH,
+    ),
+    ("CHECKPOINT_INFO alone, then END", sb.checkpoint_info(GEN, EPOCH) + sb.end(), ErrorCode.PROTOCOL),
+]
+
+
+@pytest.mark.parametrize(("end", "code"), [c[1:] for c in BAD_ENDS], ids=[c[0] for c in BAD_ENDS])
+def test_bad_checkpoint_end_is_not_applied(
+    pair: Pair, domains: MakeDomain, end: bytes, code: ErrorCode
+) -> None:
+    """A checkpoint whose end is not CHECKPOINT_INFO then an empty CHECKPOINT applies nothing."""
+    dom = domains(pages=PAGES, seed=2)
+    err = fails_unchanged(Secondary(pair, dom, request() + staged() + end))
+    assert err.code == code
+    later_checkpoint_applies_only_its_own(dom)
 
 
 # ---- the stage and the readers of a domain ------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import streambytes as sb
 from netkit import Sender
 
+from colo_plane import native
 from colo_plane.native import (
     PAGE_SIZE,
     Bitmap,
@@ -32,6 +33,7 @@ Pair = tuple[socket.socket, socket.socket]
 MakeDomain = Callable[..., Domain]
 Send = Callable[[Callable[[], object]], Sender]
 HEADER_BYTES = 40
+CHECKPOINT_END = (8 + 24) + 8  # CHECKPOINT_INFO, then the empty CHECKPOINT
 
 
 def page_data_bytes(n: int) -> int:
@@ -228,7 +230,7 @@ def test_full_copy_makes_domains_equal(pair: Pair, domains: MakeDomain, send: Se
     assert ev.kind == EventKind.CHECKPOINT
     assert (ev.generation, ev.epoch, ev.last_seq, ev.pages) == (4, 1, 77, pages)
     ctx_len = len(prim.context())
-    assert ev.bytes == page_data_bytes(pages) + 8 + ctx_len + (-ctx_len % 8) + 8 + 24
+    assert ev.bytes == page_data_bytes(pages) + 8 + ctx_len + (-ctx_len % 8) + CHECKPOINT_END
     assert r.bytes_read == HEADER_BYTES + ev.bytes
     assert sec.hash() == prim.hash()
     assert sec.context() == prim.context()
@@ -254,7 +256,7 @@ def test_random_pages_copy_exactly_those(pair: Pair, domains: MakeDomain, send: 
     ev = r.next()
     s.join()
     assert ev.pages == 2500
-    assert ev.bytes == page_data_bytes(2500) + 32
+    assert ev.bytes == page_data_bytes(2500) + CHECKPOINT_END
     want = list(prim.page_hashes()[1])
     got = list(sec.page_hashes()[1])
     members = set(chosen.to_pfns())
@@ -470,3 +472,15 @@ def test_reader_close(domains: MakeDomain) -> None:
         r = StreamReader(b, Direction.FORWARD, domains(pages=8, seed=1))
         r.close()
         r.close()
+
+
+def test_checkpoint_is_info_then_empty_checkpoint(pair: Pair) -> None:
+    """The writer ends a checkpoint as docs/stream.md says: CHECKPOINT_INFO
+    with the claims, then Xen's CHECKPOINT with an empty body."""
+    tx, rx = pair
+    StreamWriter(tx).checkpoint(generation=7, epoch=2**40 + 3, last_seq=99)
+    got = rx.recv(CHECKPOINT_END, socket.MSG_WAITALL)
+    assert got == sb.checkpoint_info(7, 2**40 + 3, 99) + sb.bare_checkpoint()
+    assert got[:8] == struct.pack("<II", 0x2000, 24)
+    assert got[32:] == struct.pack("<II", 0x0E, 0)
+    assert native.CHECKPOINT_END_BYTES == CHECKPOINT_END

@@ -98,7 +98,8 @@ HEADER_CASES = [
         ErrorCode.BAD_MAGIC,
     ),
     ("Xen's id", sb.image_header(ident=0x58454E46) + sb.domain_header(PAGES), ErrorCode.BAD_ID),
-    ("version 2", sb.image_header(version=2) + sb.domain_header(PAGES), ErrorCode.BAD_VERSION),
+    ("version 1", sb.image_header(version=1) + sb.domain_header(PAGES), ErrorCode.BAD_VERSION),
+    ("version 3", sb.image_header(version=3) + sb.domain_header(PAGES), ErrorCode.BAD_VERSION),
     ("version 0", sb.image_header(version=0) + sb.domain_header(PAGES), ErrorCode.BAD_VERSION),
     ("big-endian option", sb.image_header(options=1) + sb.domain_header(PAGES), ErrorCode.BAD_OPTIONS),
     ("option bit 15", sb.image_header(options=0x8000) + sb.domain_header(PAGES), ErrorCode.BAD_OPTIONS),
@@ -194,6 +195,15 @@ RECORD_CASES = [
     ("checkpoint state of 16", FWD, sb.record(RecordType.CHECKPOINT_STATE, bytes(16)), ErrorCode.BAD_LENGTH),
     ("checkpoint state of 32", BACK, sb.record(RecordType.CHECKPOINT_STATE, bytes(32)), ErrorCode.BAD_LENGTH),
     ("checkpoint of 16", FWD, sb.record(RecordType.CHECKPOINT, bytes(16)), ErrorCode.BAD_LENGTH),
+    (
+        "checkpoint with version 1's body",
+        FWD,
+        sb.checkpoint_info() + sb.bare_checkpoint(struct.pack("<QQQ", 1, 1, 0)),
+        ErrorCode.BAD_LENGTH,
+    ),
+    ("checkpoint info of 16", FWD, sb.record(RecordType.CHECKPOINT_INFO, bytes(16)), ErrorCode.BAD_LENGTH),
+    ("checkpoint info of 32", FWD, sb.record(RecordType.CHECKPOINT_INFO, bytes(32)), ErrorCode.BAD_LENGTH),
+    ("empty checkpoint info", FWD, sb.record(RecordType.CHECKPOINT_INFO), ErrorCode.BAD_LENGTH),
     ("verify of 24", FWD, sb.record(RecordType.VERIFY, bytes(24)), ErrorCode.BAD_LENGTH),
     ("end of 8", FWD, sb.record(RecordType.END, bytes(8)), ErrorCode.BAD_LENGTH),
     (
@@ -224,6 +234,20 @@ RECORD_CASES = [
     ("page data back", BACK, sb.page_data([1], [sb.page(1)]), ErrorCode.WRONG_DIRECTION),
     ("context back", BACK, sb.hvm_context(bytes(256)), ErrorCode.WRONG_DIRECTION),
     ("checkpoint back", BACK, sb.checkpoint(), ErrorCode.WRONG_DIRECTION),
+    ("bare checkpoint back", BACK, sb.bare_checkpoint(), ErrorCode.WRONG_DIRECTION),
+    # CHECKPOINT_INFO: once, right before its CHECKPOINT; no CHECKPOINT without it
+    ("checkpoint without info", FWD, sb.bare_checkpoint(), ErrorCode.PROTOCOL),
+    ("checkpoint info twice", FWD, sb.checkpoint_info() + sb.checkpoint_info(), ErrorCode.PROTOCOL),
+    (
+        "page data after info",
+        FWD,
+        sb.checkpoint_info() + sb.page_data([3], [sb.page(3)]),
+        ErrorCode.PROTOCOL,
+    ),
+    ("context after info", FWD, sb.checkpoint_info() + sb.hvm_context(bytes(256)), ErrorCode.PROTOCOL),
+    ("optional after info", FWD, sb.checkpoint_info() + sb.record(OPT | 0x42, bytes(8)), ErrorCode.PROTOCOL),
+    ("END after info", FWD, sb.checkpoint_info() + sb.end(), ErrorCode.PROTOCOL),
+    ("request after info", FWD, sb.checkpoint_info() + sb.control(0), ErrorCode.PROTOCOL),
     # control ids
     ("control id 7", FWD, sb.control(7), ErrorCode.BAD_CONTROL_ID),
     ("control id 4", BACK, sb.control(4), ErrorCode.BAD_CONTROL_ID),
@@ -287,7 +311,7 @@ def test_close_inside_page_data(pair: Pair, send: Send, domains: MakeDomain, cut
     assert err.code == ErrorCode.TRUNCATED
 
 
-@pytest.mark.parametrize("cut", [1, 4, 7, 8 + 10])
+@pytest.mark.parametrize("cut", [1, 4, 7, 8 + 10, 32 + 4])
 def test_close_inside_record(pair: Pair, send: Send, domains: MakeDomain, cut: int) -> None:
     """The peer closing inside a record header or a small body is TRUNCATED."""
     data = ok() + staged() + sb.checkpoint()[:cut]
@@ -308,6 +332,25 @@ def test_stale_generation_checkpoint(pair: Pair, send: Send, domains: MakeDomain
     data = ok() + staged() + sb.checkpoint(generation=4, epoch=9)
     err = run_bad(pair, send, dom, data, min_generation=5)
     assert err.code == ErrorCode.STALE_GENERATION
+
+
+def test_checkpoint_info_stale_before_its_checkpoint(pair: Pair, send: Send, domains: MakeDomain) -> None:
+    """The claims are CHECKPOINT_INFO's: refused there, the CHECKPOINT after it never read."""
+    dom = domains(pages=PAGES, seed=2)
+    data = ok() + staged() + sb.checkpoint_info(generation=4, epoch=9)
+    err = run_bad(pair, send, dom, data, min_generation=5)
+    assert err.code == ErrorCode.STALE_GENERATION
+
+
+def test_version_1_stream_is_refused(pair: Pair, send: Send, domains: MakeDomain) -> None:
+    """A peer speaking the old layout (CHECKPOINT with generation, epoch and
+    last_seq in its body) is refused at its header, not misread."""
+    dom = domains(pages=PAGES, seed=2)
+    old_checkpoint = sb.bare_checkpoint(struct.pack("<QQQ", 1, 1, 0))
+    data = sb.image_header(version=1) + sb.domain_header(PAGES) + staged() + old_checkpoint
+    err = run_bad(pair, send, dom, data)
+    assert err.code == ErrorCode.BAD_VERSION
+    assert "version 1" in str(err)
 
 
 def test_stale_generation_control(pair: Pair, send: Send, domains: MakeDomain) -> None:
