@@ -14,7 +14,7 @@ from colo_plane.bench.loopback import RawLink, run_pair, tcp_pair
 RECORD_HEAD = 16  # record header + PAGE_DATA count/reserved
 RECORD_BYTES = RECORD_HEAD + native.MAX_PFNS_PER_RECORD * (8 + native.PAGE_SIZE)
 CONTEXT_RECORD = 8 + 256  # sim vCPU context
-CONTROL_RECORDS = 8 + 24 + 8 + 24  # CHECKPOINT_STATE + CHECKPOINT
+CONTROL_RECORDS = 8 + 24 + native.CHECKPOINT_END_BYTES  # CHECKPOINT_STATE + CHECKPOINT_INFO + CHECKPOINT
 GOAL = 0.85  # stream >= 0.85 x raw TCP
 # Rounds of the full domain: a median's 95 % interval from the 31st to the
 # 50th, about -/+ 0.05 of the ratio at this machine's usual noise.  The
