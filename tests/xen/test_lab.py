@@ -557,7 +557,7 @@ def drain(sock: socket.socket, at_least: int) -> int:
     return got
 
 
-# ---- a domain that vanishes (last: it destroys pv-dst) ----------------------------
+# ---- a domain that vanishes (last: it destroys pvh-dst) ---------------------------
 
 
 def test_a_destroyed_domain_is_seen_gone() -> None:
@@ -565,13 +565,13 @@ def test_a_destroyed_domain_is_seen_gone() -> None:
     (xl destroy, as an administrator would) reads as gone, and its calls fail
     instead of touching another domain (docs/coordinator.md, "Which side holds
     the copy")."""
-    with Domain.xen("pv-dst") as dom:
+    with Domain.xen("pvh-dst") as dom:  # pv-dst never booted: it cannot be opened
         assert dom.present()
-        subprocess.run(["xl", "destroy", "pv-dst"], check=True, timeout=60)
+        subprocess.run(["xl", "destroy", "pvh-dst"], check=True, timeout=60)
         deadline = time.monotonic() + 10
         while dom.present():  # dying, then gone
             assert time.monotonic() < deadline, "xl destroy: the domain still reads as present"
             time.sleep(0.05)
-        note("pv-dst destroyed: present() is False")
+        note("pvh-dst destroyed: present() is False")
         with pytest.raises(NativeError):
             dom.unpause()
