@@ -3,7 +3,9 @@ loopback, and the small waits the coordinator tests share."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from typing import TypeVar
 import grpc
 from cluster import AgentProcess, Daemon, start_agent
 
-from colo_plane import promtext
+from colo_plane import loadgen, promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.localcluster import coordinator_args, launch
 
@@ -114,3 +116,28 @@ def start_cluster(tmp: Path, hosts: int = 3, *flags: str) -> tuple[CoordinatorPr
     ]
     wait_for(f"{hosts} agents registered", lambda: agents_alive(coord, hosts))
     return coord, agents
+
+
+def loadgen_in_thread(
+    coordinator: str,
+    domain: str,
+    seconds: float,
+    *,
+    clients: int = 6,
+    ledger: loadgen.Ledger | None = None,
+) -> tuple[threading.Thread, list[loadgen.Report]]:
+    """colo loadgen's clients against domain (following its endpoint through the
+    coordinator) in a thread; the report lands in the list when it ends.  Pass a
+    ledger to watch the clients while they run."""
+    out: list[loadgen.Report] = []
+
+    def run() -> None:
+        async def go() -> loadgen.Report:
+            resolve = loadgen.resolver(coordinator, domain, None)
+            return await loadgen.run(resolve, clients=clients, seconds=seconds, ledger=ledger)
+
+        out.append(asyncio.run(go()))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out

@@ -5,15 +5,13 @@ arms again.  It must add well under a second to the outage."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from cluster import start_agent
-from coordinated import agents_alive, free_port, start_coordinator, wait_for
+from coordinated import agents_alive, free_port, loadgen_in_thread, start_coordinator, wait_for
 
 from colo_plane import loadgen
 from colo_plane._proto import colo_pb2
@@ -41,17 +39,7 @@ def test_client_gap_across_a_coordinator_restart(tmp_path: Path) -> None:
     )
 
     ledger = loadgen.Ledger()
-    out: list[loadgen.Report] = []
-
-    def run() -> None:
-        async def go() -> loadgen.Report:
-            resolve = loadgen.resolver(listen, "web", None)
-            return await loadgen.run(resolve, clients=4, seconds=8.0, ledger=ledger)
-
-        out.append(asyncio.run(go()))
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, out = loadgen_in_thread(listen, "web", 8.0, clients=4, ledger=ledger)
     new = None
     try:
         time.sleep(2.5)

@@ -7,10 +7,8 @@ and a pair with no copy left says LOST.  The agents' hidden
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 from cluster import AgentProcess, StartAgent, start_agent
-from coordinated import CoordinatorProcess, agents_alive, start_coordinator, wait_for
+from coordinated import CoordinatorProcess, agents_alive, loadgen_in_thread, start_coordinator, wait_for
 
-from colo_plane import loadgen
 from colo_plane._proto import colo_pb2
 from colo_plane.rpc import duration
 
@@ -70,20 +67,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c.close()
 
 
-def _loadgen(coordinator: str, domain: str, seconds: float) -> tuple[threading.Thread, list[loadgen.Report]]:
-    out: list[loadgen.Report] = []
-
-    def run() -> None:
-        async def go() -> loadgen.Report:
-            return await loadgen.run(loadgen.resolver(coordinator, domain, None), clients=6, seconds=seconds)
-
-        out.append(asyncio.run(go()))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
-
-
 def _failovers(coord: CoordinatorProcess, domain: str) -> list[colo_pb2.Event]:
     return [e for e in coord.events(domain) if e.kind == colo_pb2.EVENT_KIND_FAILOVER_STARTED]
 
@@ -105,7 +88,7 @@ def _first_boots_from(coord: CoordinatorProcess, domain: str, host: str, after: 
 
 def test_destroyed_primary_domain_promotes_the_secondary(cluster: Cluster) -> None:
     before = cluster.protect("web")
-    thread, out = _loadgen(cluster.coord.address, "web", seconds=8.0)
+    thread, out = loadgen_in_thread(cluster.coord.address, "web", seconds=8.0)
     time.sleep(2.5)
     mark = max(e.sequence for e in cluster.coord.events("web"))
     cluster.destroy("host-a", "primary")
@@ -139,7 +122,7 @@ def test_a_primary_agent_that_dropped_the_domain_fails_over(cluster: Cluster) ->
     secondary, the only copy, is promoted, and nothing is re-protected from an
     empty new domain on host-a."""
     before = cluster.protect("web")
-    thread, out = _loadgen(cluster.coord.address, "web", seconds=6.0)
+    thread, out = loadgen_in_thread(cluster.coord.address, "web", seconds=6.0)
     time.sleep(2.0)
     cluster.agents["host-a"].stub.Release(
         colo_pb2.ReleaseRequest(domain="web", generation=before.generation, reason="a stranger"), timeout=10
@@ -161,7 +144,7 @@ def test_a_primary_agent_that_dropped_the_domain_fails_over(cluster: Cluster) ->
 
 def test_destroyed_secondary_domain_reprotects_from_the_primary(cluster: Cluster) -> None:
     before = cluster.protect("web")
-    thread, out = _loadgen(cluster.coord.address, "web", seconds=6.0)
+    thread, out = loadgen_in_thread(cluster.coord.address, "web", seconds=6.0)
     time.sleep(2.0)
     mark = max(e.sequence for e in cluster.coord.events("web"))
     cluster.destroy("host-b", "secondary")

@@ -5,17 +5,16 @@ clients following the pair to the promoted secondary."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from coordinated import loadgen_in_thread
 
-from colo_plane import loadgen, promtext
+from colo_plane import promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.localcluster import LocalCluster, Process
 from colo_plane.rpc import duration
@@ -68,22 +67,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c.close()
 
 
-def _loadgen_in_thread(
-    coordinator: str, domain: str, seconds: float
-) -> tuple[threading.Thread, list[loadgen.Report]]:
-    out: list[loadgen.Report] = []
-
-    def run() -> None:
-        async def go() -> loadgen.Report:
-            return await loadgen.run(loadgen.resolver(coordinator, domain, None), clients=6, seconds=seconds)
-
-        out.append(asyncio.run(go()))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
-
-
 def _kill_during_checkpoint(cluster: Cluster, domain: str) -> str:
     """SIGKILL the primary's agent right after a checkpoint is issued to it."""
     stream = cluster.stub.WatchEvents(colo_pb2.WatchEventsRequest(domain=domain), timeout=30)
@@ -113,7 +96,7 @@ def test_no_acknowledged_write_is_lost_across_failover(cluster: Cluster, moment:
     pair = cluster.protect("web", divergence=0.05)
     assert pair.state == colo_pb2.PAIR_STATE_PROTECTED
     assert pair.service_endpoint
-    thread, out = _loadgen_in_thread(cluster.coordinator.grpc, "web", seconds=8.0)
+    thread, out = loadgen_in_thread(cluster.coordinator.grpc, "web", seconds=8.0)
     time.sleep(2.5)
     if moment == "any":
         victim = cluster.pair("web").primary_host
@@ -136,7 +119,7 @@ def test_held_replies_are_released_only_after_their_checkpoint_resumed(cluster: 
     held for a divergence leaves after SECONDARY_RESUMED of the epoch that
     released it, never before (one machine: one CLOCK_MONOTONIC)."""
     cluster.protect("web", divergence=0.10, interval=5.0)
-    thread, out = _loadgen_in_thread(cluster.coordinator.grpc, "web", seconds=3.0)
+    thread, out = loadgen_in_thread(cluster.coordinator.grpc, "web", seconds=3.0)
     thread.join(timeout=60)
     assert out[0].acknowledged_writes_lost == 0
     resumed = {
@@ -170,7 +153,7 @@ def test_divergence_drives_checkpoints(cluster: Cluster, divergence: float, expe
     """Probability 0: only timer checkpoints; 10 %: the proxy's requests drive
     checkpoints too (from the coordinator's metrics)."""
     cluster.protect("web", divergence=divergence, interval=0.5)
-    thread, out = _loadgen_in_thread(cluster.coordinator.grpc, "web", seconds=3.0)
+    thread, out = loadgen_in_thread(cluster.coordinator.grpc, "web", seconds=3.0)
     thread.join(timeout=60)
     assert out[0].acknowledged_writes_lost == 0
     text = promtext.scrape(cluster.coordinator.info["metrics"])

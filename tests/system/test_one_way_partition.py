@@ -6,14 +6,12 @@ coordinator's answers tell it that it was superseded."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from cluster import start_agent
-from coordinated import agents_alive, free_port, start_coordinator, wait_for
+from coordinated import agents_alive, free_port, loadgen_in_thread, start_coordinator, wait_for
 from relay import OneWayRelay
 
 from colo_plane import loadgen
@@ -56,17 +54,7 @@ def test_one_way_cut_to_the_primary_fails_over(tmp_path: Path) -> None:
         before = coord.stub.ProtectDomain(req, timeout=60).pair
 
         ledger = loadgen.Ledger()
-        out: list[loadgen.Report] = []
-
-        def run() -> None:
-            async def go() -> loadgen.Report:
-                resolve = loadgen.resolver(coord.address, "web", None)
-                return await loadgen.run(resolve, clients=4, seconds=2.0 + CUT + 3.0, ledger=ledger)
-
-            out.append(asyncio.run(go()))
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        thread, out = loadgen_in_thread(coord.address, "web", 2.0 + CUT + 3.0, clients=4, ledger=ledger)
         time.sleep(2.0)
         ops_before = ledger.ops
         relay.cut.set()
