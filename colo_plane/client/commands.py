@@ -88,7 +88,7 @@ def _protect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> i
         colo_pb2.ProtectDomainRequest(
             spec=spec, primary_host=args.primary, secondary_host=args.secondary or "", wait=args.wait
         ),
-        timeout=args.timeout if not args.wait else max(args.timeout, 130.0),
+        timeout=args.timeout if not args.wait else max(args.timeout, _first_boot_budget(spec) + 10.0),
     )
     p = resp.pair
     return _out(
@@ -97,6 +97,14 @@ def _protect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> i
         f"{p.domain}: {render.state(p.state)} at generation {p.generation}, primary "
         f"{p.primary_host}, secondary {p.secondary_host or '-'}",
     )
+
+
+def _first_boot_budget(spec: colo_pb2.DomainSpec) -> float:
+    """How long the coordinator may follow a first boot of spec (its defaults)."""
+    from colo_plane.coordinator.deadlines import first_boot_budget
+    from colo_plane.coordinator.settings import Settings
+
+    return first_boot_budget(spec, Settings())
 
 
 def _unprotect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import grpc
 from colo_plane import addresses
 from colo_plane import spec as bounds
 from colo_plane._proto import colo_pb2
+from colo_plane.coordinator import deadlines
 from colo_plane.coordinator.agents import AgentRecord, AgentRegistry
 from colo_plane.coordinator.checkpoints import CheckpointDriver, CheckpointError
 from colo_plane.coordinator.events import EventBus
@@ -23,6 +24,7 @@ from colo_plane.coordinator.settings import Settings
 from colo_plane.coordinator.statemachine import (
     CHECKPOINTING,
     FAILING_OVER,
+    LOST,
     PROTECTED,
     STOPPED,
     SYNCING,
@@ -216,14 +218,31 @@ class Coordinator:
         await started
         if req.wait:
             await asyncio.shield(task)
-            if rec.state != PROTECTED:
-                fail(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{spec.domain}: {rec.pair.last_error or 'first boot did not complete'}; the coordinator "
-                    "retries on its own (watch `colo pair " + spec.domain + "`)",
-                    reason=colo_pb2.ERROR_REASON_FIRST_BOOT_FAILED,
-                )
+            await self._wait_protected(rec, deadlines.first_boot_budget(spec, self.settings))
         return colo_pb2.ProtectDomainResponse(pair=_copy(rec.pair))
+
+    async def _wait_protected(self, rec: PairRecord, budget: float) -> None:
+        """protect --wait: follows the pair through the coordinator's own retries
+        of a failed first boot, up to budget (the guest's size says how long a
+        first boot may take), rather than giving up at the first failure."""
+        give_up = time.monotonic() + budget
+        while rec.state != PROTECTED and time.monotonic() < give_up:
+            if rec.state in (STOPPED, LOST) or not self.registry.is_alive(rec.pair.primary_host):
+                break
+            await asyncio.sleep(0.1)
+        if rec.state == PROTECTED:
+            return
+        what = deadlines.describe(rec.pair.spec)
+        fail(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{rec.domain} is {colo_pb2.PairState.Name(rec.state).removeprefix('PAIR_STATE_')}, not "
+            f"PROTECTED, after {budget:.0f} s (the most a first boot of {what} should take): "
+            f"{rec.pair.last_error or 'the first boot did not complete'}.  The guest runs on "
+            f"{rec.pair.primary_host or 'no host'} without a secondary; the coordinator retries the first "
+            f"boot every {self.settings.reprotect_backoff:.0f} s on its own: follow it with `colo watch "
+            f"--domain {rec.domain}` or `colo pair {rec.domain}`",
+            reason=colo_pb2.ERROR_REASON_FIRST_BOOT_FAILED,
+        )
 
     async def unprotect(self, req: colo_pb2.UnprotectDomainRequest) -> colo_pb2.UnprotectDomainResponse:
         rec = self._pair(req.domain)

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from colo_plane._proto import colo_pb2
-from colo_plane.coordinator import placement
+from colo_plane.coordinator import deadlines, placement
 from colo_plane.coordinator.agents import AgentRegistry, HostNotRegistered
 from colo_plane.coordinator.checkpoints import CheckpointDriver, CheckpointError
 from colo_plane.coordinator.settings import Settings
@@ -209,7 +209,7 @@ class Roles:
                     peer_data_address=self._data_address(primary),
                     accept_timeout=duration(s.first_boot_timeout),
                 ),
-                timeout=s.rpc_timeout,
+                timeout=deadlines.prepare_timeout(spec, s),  # it makes the domain: follows its size
             )
             booted = await self.registry.client(primary).start_primary(
                 colo_pb2.StartPrimaryRequest(
