@@ -66,7 +66,26 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
 # -- commands -------------------------------------------------------------------------
 
 
+SLOTS_PER_PAGE = 16  # the guest's key-value store: 256-byte slots (native/service.c)
+
+
+def store_pages(slots: int) -> int:
+    """Guest pages a store of `slots` keys takes: a header page and the slot pages."""
+    return 1 + -(-slots // SLOTS_PER_PAGE)
+
+
 def _protect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    service_pages = 0  # the agent's default: min(4096, pages / 4) pages, up to ~65k keys
+    if args.store_slots:
+        service_pages = store_pages(args.store_slots)
+        if service_pages >= args.pages:
+            print(
+                f"colo: a store of {args.store_slots} keys takes {service_pages} pages of the guest's "
+                f"{args.pages}: give the guest more memory (--pages above {service_pages}) or the store "
+                "fewer keys",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     spec = colo_pb2.DomainSpec(
         domain=args.domain,
         verify=args.verify,
@@ -78,6 +97,7 @@ def _protect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> i
             pattern=colo_pb2.SIM_PATTERN_HOT_SET if args.hot_pages else colo_pb2.SIM_PATTERN_UNIFORM,
             hot_pages=args.hot_pages,
             hot_percent=args.hot_percent,
+            service_pages=service_pages,
         ),
     )
     if args.interval:
@@ -323,6 +343,14 @@ def register(sub: Any) -> None:
         help="probability a reply carries a nondeterministic field",
     )
     p.add_argument("--verify", action="store_true", help="verify mode: hash both sides after each checkpoint")
+    p.add_argument(
+        "--store-slots",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keys the guest's key-value store holds (it answers ERROR store full beyond them; default: "
+        "a quarter of the guest's memory, at most 65,520 keys)",
+    )
     p.add_argument(
         "--interval",
         type=float,
