@@ -222,6 +222,8 @@ def _watch(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int
         try:
             for item in stream:
                 last = max(last, item.event.sequence)
+                if not args.checkpoint_states and _checkpointing(item.event):
+                    continue
                 print(render.as_json(item.event) if args.json else render.event(item.event), flush=True)
             return EXIT_OK
         except grpc.RpcError as exc:
@@ -247,6 +249,21 @@ def _watch(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int
             last, history = 0, HISTORY_ALL
         else:
             history = 0  # the same one: what was missed comes from after_sequence
+
+
+_CHECKPOINT_FLIP = {
+    (colo_pb2.PAIR_STATE_PROTECTED, colo_pb2.PAIR_STATE_CHECKPOINTING),
+    (colo_pb2.PAIR_STATE_CHECKPOINTING, colo_pb2.PAIR_STATE_PROTECTED),
+}
+
+
+def _checkpointing(event: colo_pb2.Event) -> bool:
+    """A PROTECTED <-> CHECKPOINTING state change: two of them a checkpoint, which
+    its CHECKPOINT_* events already show."""
+    return (
+        event.kind == colo_pb2.EVENT_KIND_STATE_CHANGED
+        and (event.from_state, event.to_state) in _CHECKPOINT_FLIP
+    )
 
 
 def _reconnect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace, until: float | None) -> bool:
@@ -414,6 +431,11 @@ def register(sub: Any) -> None:
         "--after", type=int, default=0, metavar="SEQ", help="replay every event after sequence SEQ"
     )
     p.add_argument("--kind", action="append", default=[], choices=_kind_names(), help="only these kinds")
+    p.add_argument(
+        "--checkpoint-states",
+        action="store_true",
+        help="also show the PROTECTED <-> CHECKPOINTING state changes (two a checkpoint)",
+    )
     p.add_argument(
         "--for",
         dest="for_seconds",
