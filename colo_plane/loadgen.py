@@ -145,7 +145,12 @@ async def _client(index: int, resolve: Resolve, ledger: Ledger, stop: asyncio.Ev
             if reply == b"OK":
                 ledger.acknowledged[key] = value
             else:
-                ledger.errors.append(f"SET {key}: {reply!r}")
+                ledger.errors.append(
+                    f"SET {key}: the guest's key-value store is full: protect the domain with room for "
+                    "more keys (colo protect --store-slots N)"
+                    if reply == b"ERROR store full"
+                    else f"SET {key}: {reply!r}"
+                )
             if n % 4 == 0:  # read one of ours back now and then
                 old = f"{run_id}-c{index}-k{n // 2}"
                 got = strip_nondeterministic(await conn.call(f"GET {old}"))

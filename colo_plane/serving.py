@@ -15,7 +15,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import _async as health_aio  # what health.aio names; typed as Any
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 
 from colo_plane import addresses, metrics
@@ -69,10 +70,32 @@ def new_server() -> grpc.aio.Server:
     return grpc.aio.server(interceptors=[MetricsInterceptor()], options=SERVER_OPTIONS)
 
 
+# grpc.reflection.v1 is v1alpha under another package name, message for
+# message (the same fields and numbers): grpcio-reflection serves only
+# v1alpha, and tools (grpcurl) ask for v1 first.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
 def add_health_and_reflection(server: grpc.aio.Server, services: Sequence[str]) -> HealthServicer:
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    names = [*services, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    v1 = ReflectionServicer(names)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REFLECTION_V1,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        v1.ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
     return health_servicer
 
 

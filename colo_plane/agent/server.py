@@ -11,7 +11,7 @@ import uuid
 
 import grpc
 
-from colo_plane import addresses, native, serving
+from colo_plane import addresses, native, sdnotify, serving
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink
 from colo_plane.agent.core import AgentConfig, AgentCore
@@ -138,8 +138,10 @@ async def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, core.destroy_domains, Role.PRIMARY)
         loop.add_signal_handler(signal.SIGUSR2, core.destroy_domains, Role.SECONDARY)
+    watchdog = sdnotify.ready(f"serving gRPC on {grpc_address}, data on {data_address}")
     await serving.stop_signals().wait()
     log.info("agent %s shutting down", args.host_id)
+    sdnotify.stopping(watchdog)
     await serving.shutdown(server, health_servicer, SHUTDOWN_GRACE)
     await registration.close()
     await core.close()

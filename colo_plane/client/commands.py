@@ -66,7 +66,26 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
 # -- commands -------------------------------------------------------------------------
 
 
+SLOTS_PER_PAGE = 16  # the guest's key-value store: 256-byte slots (native/service.c)
+
+
+def store_pages(slots: int) -> int:
+    """Guest pages a store of `slots` keys takes: a header page and the slot pages."""
+    return 1 + -(-slots // SLOTS_PER_PAGE)
+
+
 def _protect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int:
+    service_pages = 0  # the agent's default: min(4096, pages / 4) pages, up to ~65k keys
+    if args.store_slots:
+        service_pages = store_pages(args.store_slots)
+        if service_pages >= args.pages:
+            print(
+                f"colo: a store of {args.store_slots} keys takes {service_pages} pages of the guest's "
+                f"{args.pages}: give the guest more memory (--pages above {service_pages}) or the store "
+                "fewer keys",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     spec = colo_pb2.DomainSpec(
         domain=args.domain,
         verify=args.verify,
@@ -78,6 +97,7 @@ def _protect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> i
             pattern=colo_pb2.SIM_PATTERN_HOT_SET if args.hot_pages else colo_pb2.SIM_PATTERN_UNIFORM,
             hot_pages=args.hot_pages,
             hot_percent=args.hot_percent,
+            service_pages=service_pages,
         ),
     )
     if args.interval:
@@ -202,6 +222,8 @@ def _watch(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int
         try:
             for item in stream:
                 last = max(last, item.event.sequence)
+                if not args.checkpoint_states and _checkpointing(item.event):
+                    continue
                 print(render.as_json(item.event) if args.json else render.event(item.event), flush=True)
             return EXIT_OK
         except grpc.RpcError as exc:
@@ -227,6 +249,21 @@ def _watch(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace) -> int
             last, history = 0, HISTORY_ALL
         else:
             history = 0  # the same one: what was missed comes from after_sequence
+
+
+_CHECKPOINT_FLIP = {
+    (colo_pb2.PAIR_STATE_PROTECTED, colo_pb2.PAIR_STATE_CHECKPOINTING),
+    (colo_pb2.PAIR_STATE_CHECKPOINTING, colo_pb2.PAIR_STATE_PROTECTED),
+}
+
+
+def _checkpointing(event: colo_pb2.Event) -> bool:
+    """A PROTECTED <-> CHECKPOINTING state change: two of them a checkpoint, which
+    its CHECKPOINT_* events already show."""
+    return (
+        event.kind == colo_pb2.EVENT_KIND_STATE_CHANGED
+        and (event.from_state, event.to_state) in _CHECKPOINT_FLIP
+    )
 
 
 def _reconnect(stub: colo_pb2_grpc.CoordinatorStub, args: argparse.Namespace, until: float | None) -> bool:
@@ -324,6 +361,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--verify", action="store_true", help="verify mode: hash both sides after each checkpoint")
     p.add_argument(
+        "--store-slots",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keys the guest's key-value store holds (it answers ERROR store full beyond them; default: "
+        "a quarter of the guest's memory, at most 65,520 keys)",
+    )
+    p.add_argument(
         "--interval",
         type=float,
         default=0.0,
@@ -386,6 +431,11 @@ def register(sub: Any) -> None:
         "--after", type=int, default=0, metavar="SEQ", help="replay every event after sequence SEQ"
     )
     p.add_argument("--kind", action="append", default=[], choices=_kind_names(), help="only these kinds")
+    p.add_argument(
+        "--checkpoint-states",
+        action="store_true",
+        help="also show the PROTECTED <-> CHECKPOINTING state changes (two a checkpoint)",
+    )
     p.add_argument(
         "--for",
         dest="for_seconds",

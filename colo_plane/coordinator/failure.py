@@ -259,7 +259,7 @@ class FailureDetector:
         when its port refuses, when it also falls silent, or when calls keep
         failing for COMMAND_CONFIRM (at least twice its timeout): it can then
         neither checkpoint nor release output, so its pairs are served by no
-        one (docs/coordinator.md, "One-way partitions")."""
+        one (docs/coordinator.md, "Failure detection")."""
         host = agent.host_id
         started = self.clock()
         while self._current(agent):

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from colo_plane import serving, spec
+from colo_plane import sdnotify, serving, spec
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.coordinator.core import Coordinator
 from colo_plane.coordinator.servicer import CoordinatorServicer
@@ -99,7 +99,9 @@ async def run(args: argparse.Namespace) -> int:
         metrics_address or "(off)",
         args.db,
     )
+    watchdog = sdnotify.ready(f"serving gRPC on {running.address}")
     await serving.stop_signals().wait()
     log.info("coordinator shutting down")
+    sdnotify.stopping(watchdog)
     await running.stop()
     return 0

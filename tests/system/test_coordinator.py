@@ -616,7 +616,19 @@ def test_cli_tables_json_and_exit_codes(cluster: Cluster) -> None:
     assert "host-a" in _colo("agents", coordinator=address).stdout
     assert "checkpoint" in _colo("checkpoint", "vm1", "--wait", coordinator=address).stdout
     watch = _colo("watch", "--domain", "vm1", "--history", "50", "--for", "0.5", coordinator=address)
-    assert watch.returncode == 0 and "STATE_CHANGED" in watch.stdout
+    assert watch.returncode == 0 and "CHECKPOINT_COMPLETED" in watch.stdout
+    flips = _colo(
+        "watch",
+        "--domain",
+        "vm1",
+        "--history",
+        "50",
+        "--for",
+        "0.5",
+        "--checkpoint-states",
+        coordinator=address,
+    )
+    assert "PROTECTED -> CHECKPOINTING" in flips.stdout and "PROTECTED -> CHECKPOINTING" not in watch.stdout
     refused = _colo("pair", "nope", coordinator=address)
     assert refused.returncode == 1 and "NOT_FOUND" in refused.stderr and "colo pairs" in refused.stderr
     unreachable = _colo("pairs", coordinator=f"127.0.0.1:{free_port()}")

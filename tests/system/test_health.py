@@ -42,3 +42,24 @@ def test_health_watch_and_check_on_both_daemons(tmp_path: Path) -> None:
     finally:
         agent.stop()
         coord.stop()
+
+
+def test_reflection_v1_and_v1alpha_list_the_services(tmp_path: Path) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    coord = start_coordinator(tmp_path)
+    try:
+        with grpc.insecure_channel(coord.address) as channel:
+            for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+                call = channel.stream_stream(
+                    f"/{package}.ServerReflection/ServerReflectionInfo",
+                    request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                    response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+                )
+                (reply,) = list(
+                    call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+                )
+                names = {s.name for s in reply.list_services_response.service}
+                assert {"colo.v1.Coordinator", "grpc.health.v1.Health"} <= names, package
+    finally:
+        coord.stop()

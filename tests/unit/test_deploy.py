@@ -1306,3 +1306,36 @@ def test_every_rule_names_the_job_of_the_series_it_reads() -> None:
     assert scoping_problems(_rules()) == []
     assert scoping_problems([{"alert": "X", "expr": "absent(colo_agents_alive)"}])
     assert scoping_problems([{"alert": "X", "expr": 'colo_pairs{job="colo-agent"} > 0'}])
+
+
+@pytest.mark.parametrize("daemon", sorted(UNITS))
+def test_units_mean_serving_by_started_and_have_a_watchdog(daemon: str) -> None:
+    unit = _unit(UNITS[daemon])
+    assert _setting(unit, "Type") == "notify", "colo_plane/sdnotify.py says READY=1 once serving"
+    assert _setting(unit, "NotifyAccess") == "main"
+    assert _seconds(_setting(unit, "WatchdogSec")) >= 10
+
+
+def test_agent_unit_is_hardened_as_far_as_privcmd_allows() -> None:
+    unit = _unit(UNITS["agent"])
+    caps = _setting(unit, "CapabilityBoundingSet").split()
+    assert caps and "CAP_SYS_ADMIN" in caps and len(caps) <= 3
+    assert "@system-service" in _setting(unit, "SystemCallFilter")
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
+def test_promtool_checks_the_example_scrape_config(tmp_path: Path) -> None:
+    """Debian's promtool lacks Kubernetes service discovery: the file less that job."""
+    config = _load(PROMETHEUS / "prometheus.example.yaml")
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if "kubernetes_sd_configs" not in j]
+    (tmp_path / "prometheus.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / RULES.name).write_text(RULES.read_text())
+    out = subprocess.run(
+        ["promtool", "check", "config", "prometheus.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
