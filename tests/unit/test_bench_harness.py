@@ -10,10 +10,10 @@ import statistics
 
 import pytest
 
-from colo_plane.bench import harness
-from colo_plane.bench.checkpoint import GOAL_FACTOR, GOAL_SLACK_MS, default_checkpoints
-from colo_plane.bench.loopback import RawPeer
-from colo_plane.bench.stream import same_bytes_rounds
+from colo_plane.tools.bench import harness
+from colo_plane.tools.bench.checkpoint import GOAL_FACTOR, GOAL_SLACK_MS, default_checkpoints
+from colo_plane.tools.bench.loopback import RawPeer
+from colo_plane.tools.bench.stream import same_bytes_rounds
 
 
 def test_quantile_interpolates_like_statistics_inclusive() -> None:
