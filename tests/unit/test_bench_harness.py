@@ -321,3 +321,13 @@ def test_raw_peer_times_each_transfer_and_refuses_more_than_it_was_made_for() ->
     finally:
         peer.close()
     assert peer._child.exitcode == 0  # the receiver got every byte and acked each transfer
+
+
+def test_stream_bench_runs_a_checkpoint_smaller_than_one_record() -> None:
+    # 1,000 pages (4.1 MB) are less than one PAGE_DATA record (4.2 MB): the
+    # raw baseline's writes must fit its buffer (it refused the chunk).
+    from colo_plane.tools.bench import stream
+
+    results = stream.run(domain_mib=16, dirty_pages=1_000, rounds=1)
+    assert [r.name for r in results] == ["full 16 MiB", "1000 dirty pages"]
+    assert all(r.ratio > 0 and r.rounds >= 1 for r in results)
