@@ -104,11 +104,7 @@ def open_port(ifname: str, netns: str | None = None) -> socket.socket:
     BackendError(NOT_FOUND), naming it."""
     path = None if netns is None else (netns if "/" in netns else f"/var/run/netns/{netns}")
     out = ffi.new("int *")
-    _check(
-        lib.colo_np_port_open(
-            ffi.NULL if path is None else path.encode(), ifname.encode(), out
-        )
-    )
+    _check(lib.colo_np_port_open(ffi.NULL if path is None else path.encode(), ifname.encode(), out))
     return socket.socket(fileno=out[0])
 
 

@@ -42,8 +42,12 @@ def make_pair(lab: netns.Lab) -> Iterator[MakePair]:
     made: list[NetProxy] = []
 
     def make(
-        *, primary_random: float = 0.0, secondary_random: float = 0.0, secondary_server: bool = True,
-        compare_timeout: float = 0.5, max_conns: int = 65536,
+        *,
+        primary_random: float = 0.0,
+        secondary_random: float = 0.0,
+        secondary_server: bool = True,
+        compare_timeout: float = 0.5,
+        max_conns: int = 65536,
     ) -> Pair:
         lab.start_server(lab.primary, PORT, primary_random)
         if secondary_server:

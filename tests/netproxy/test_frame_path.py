@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from colo_plane.native.netproxy import open_port
 from colo_plane.native.errors import BackendError
-from tests.netproxy.conftest import PORT, MakePair
+from colo_plane.native.netproxy import open_port
 from colo_plane.netlab import netns
+from tests.netproxy.conftest import PORT, MakePair
 
 CLIENTS = 16
 ROUNDS = 50
@@ -56,7 +56,7 @@ def test_sixteen_clients_reach_both_guests_in_order(make_pair: MakePair) -> None
 
 
 def test_missing_nic_is_a_clear_error(lab: netns.Lab) -> None:
-    with pytest.raises(BackendError, match="no network interface vif9.9"):
+    with pytest.raises(BackendError, match=r"no network interface vif9\.9"):
         open_port("vif9.9", lab.host)
     with pytest.raises(BackendError, match="network namespace"):
         open_port("pg", "no-such-namespace-here")
