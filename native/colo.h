@@ -482,9 +482,10 @@ struct colo_np_config {
     uint32_t max_conns;          /* connection table bound (oldest idle evicted) */
     uint32_t max_held_bytes;     /* primary: bound on held output bytes (past it frames dropped) */
     uint32_t conn_buf_max;       /* primary: unmatched bytes a connection keeps a side */
-    uint32_t keep_offsets;       /* secondary: 1 = a checkpoint keeps rewriter offsets (the
-                                  * guests' TCP state is not copied: namespace stand-ins);
-                                  * 0 = reset them (a VM checkpoint copies the TCP state) */
+    uint32_t keep_offsets;       /* secondary: 1 = checkpoints copy no guest TCP state
+                                  * (namespace stand-ins): offsets and forwarded frames are
+                                  * kept; 0 = a VM checkpoint copies it: offsets reset, frames
+                                  * at or below its last_seq dropped */
 };
 
 struct colo_np_stats {
@@ -534,8 +535,8 @@ int colo_np_event_fd(const colo_np *np);
 uint64_t colo_np_last_seq(colo_np *np);
 /* Primary: SECONDARY_RESUMED of checkpoint epoch, covering every ingress
  * frame <= last_seq: output sent before that point is released.
- * Secondary: forwarded frames <= last_seq are dropped from now on; offsets
- * reset unless keep_offsets. */
+ * Secondary (unless keep_offsets): forwarded frames <= last_seq are
+ * dropped from now on, and offsets reset. */
 void colo_np_checkpoint_done(colo_np *np, uint64_t epoch, uint64_t last_seq);
 /* Primary: output goes straight out; everything held released (*released). */
 void colo_np_unprotect(colo_np *np, uint64_t *released);

@@ -5,7 +5,8 @@
  * no vnet header before kernel 6.x) would make us split and checksum in
  * software; and recv/send per 64 KiB frame costs little.  The socket's
  * receive buffer is the ring: its overflow is counted by the kernel
- * (PACKET_STATISTICS) and read into drop_ring. */
+ * (PACKET_STATISTICS) and read into drop_ring.  AF_PACKET never pushes
+ * back on the sender: a full buffer drops. */
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -20,7 +21,7 @@
 
 #include "netproxy_internal.h"
 
-#define NP_RCVBUF (8 << 20)
+#define NP_RCVBUF (32 << 20)
 
 struct port_job {
     const char *netns_path;

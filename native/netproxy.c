@@ -344,8 +344,9 @@ static void loop_once(colo_np *np)
     feeds_link_paused = np->out_len > NP_LINK_OUT_PAUSE;   /* backpressure: the kernel queue absorbs it */
     to = poll_timeout(np);
     pf[n++] = (struct pollfd){.fd = np->wake_fd, .events = POLLIN};
-    pf[n++] = (struct pollfd){.fd = (!primary && !np->promoted && feeds_link_paused) ? -1 : np->guest_fd,
-                              .events = POLLIN};
+    /* The secondary's guest is always read: what it sends and is lost here
+     * its stack never sends again (the link's bound drops and counts). */
+    pf[n++] = (struct pollfd){.fd = np->guest_fd, .events = POLLIN};
     pf[n++] = (struct pollfd){.fd = (primary && feeds_link_paused) ? -1 : np->uplink_fd, .events = POLLIN};
     pf[n++] = (struct pollfd){.fd = np->link_fd,
                               .events = (short)(POLLIN | (np->out_len ? POLLOUT : 0))};
@@ -511,7 +512,9 @@ void colo_np_checkpoint_done(colo_np *np, uint64_t epoch, uint64_t last_seq)
     if (np->cfg.role == COLO_NP_PRIMARY) {
         np_cmp_covered(&np->cmp, last_seq);
     } else {
-        if (last_seq > np->floor)
+        /* A checkpoint that copies the guest's state carried every frame up
+         * to last_seq; one of the namespace stand-ins (keep_offsets) carried none. */
+        if (!np->cfg.keep_offsets && last_seq > np->floor)
             np->floor = last_seq;
         np_rw_checkpoint(&np->rw);
     }

@@ -328,8 +328,12 @@ static void tcp_secondary(struct np_cmp *c, struct np_conn *k, struct np_pkt *p)
         c->st->drop_held_full++;
         return;
     }
-    if (stream_take(&k->sec, k->base + k->sec.len, start, p->payload, p->payload_len, &added) != 0)
-        return;   /* past a hole: the timeout diverges it if the primary waits on it */
+    if (stream_take(&k->sec, k->base + k->sec.len, start, p->payload, p->payload_len, &added) != 0) {
+        /* A hole: some of the secondary's output was lost on the way (its
+         * stack will not send it again, the client acks the primary's). */
+        diverge(c, k, COLO_NP_TIMEOUT);
+        return;
+    }
     c->sec_bytes += added;
     if (p->flags & NP_TH_FIN) {
         k->sec_fin = start + p->payload_len;
