@@ -33,6 +33,7 @@ struct np_conn {
     uint32_t proto;                    /* enum colo_np_proto */
     uint8_t busy, diverged, have_base, sec_syn, pri_fin_set, sec_fin_set, rst, fin_out;
     uint32_t base;                     /* TCP: the first sequence number not matched yet */
+    uint32_t pri_next;                 /* TCP: past the primary's highest byte, held or not */
     uint32_t pri_fin, sec_fin;
     struct np_bytes pri, sec;          /* TCP: unmatched bytes from base; DGRAM sec: records */
 };
@@ -290,15 +291,17 @@ static void tcp_primary(struct np_cmp *c, struct np_conn *k, struct np_pkt *p, s
             c->ops.isn(c->ctx, &k->e.key, p->seq, ts ? np_rd32(ts) : 0);
         }
         if (!k->have_base || k->base != start) {
-            k->base = start;
+            k->base = k->pri_next = start;
             k->have_base = 1;
         }
         f->syn = 1;
     } else if (!k->have_base) {   /* first seen mid-stream (evicted, or older than the proxy) */
-        k->base = p->seq;
+        k->base = k->pri_next = p->seq;
         k->have_base = 1;
     }
     f->end = start + p->payload_len;
+    if (np_seq_lt(k->pri_next, f->end))
+        k->pri_next = f->end;
     if (p->flags & NP_TH_FIN) {
         f->fin = 1;
         k->pri_fin = f->end;
@@ -307,10 +310,14 @@ static void tcp_primary(struct np_cmp *c, struct np_conn *k, struct np_pkt *p, s
     if (p->flags & NP_TH_RST)
         k->rst = 1;
     enqueue(c, k, f);
-    if (k->diverged)
+    /* Diverged, the streams are still followed (no compare), so that a
+     * checkpoint restarts the compare where both guests are. */
+    if (k->diverged && k->pri.len + p->payload_len > c->conn_buf_max)
         return;
     if (stream_take(&k->pri, k->base + k->pri.len, start, p->payload, p->payload_len, &added) != 0)
         diverge(c, k, COLO_NP_MISMATCH);   /* a guest sends in order: a hole is not comparable */
+    if (k->diverged)
+        return;
     tcp_match(c, k);
     drain(c, k);
 }
@@ -321,7 +328,7 @@ static void tcp_secondary(struct np_cmp *c, struct np_conn *k, struct np_pkt *p)
     if (p->flags & NP_TH_SYN)
         k->sec_syn = 1;
     if (!k->have_base) {
-        k->base = start;
+        k->base = k->pri_next = start;
         k->have_base = 1;
     }
     if (p->payload_len > 0 && k->sec.len + p->payload_len > c->conn_buf_max) {
@@ -443,10 +450,8 @@ void np_cmp_secondary(struct np_cmp *c, struct np_pkt *p)
         c->st->drop_held_full += k == NULL ? 0 : 1;
         return;
     }
-    if (k->diverged)
-        return;
     if (p->proto == COLO_NP_TCP)
-        tcp_secondary(c, k, p);
+        tcp_secondary(c, k, p);   /* diverged too: followed, not compared */
     else
         dgram_secondary(c, k, p);
 }
@@ -464,8 +469,9 @@ static void resync(struct np_cmp *c, struct np_conn *k)
 {
     k->diverged = 0;
     if (k->proto == COLO_NP_TCP) {
-        uint32_t skip = k->pri.len < k->sec.len ? k->pri.len : k->sec.len;
-        k->base += k->pri.len;
+        uint32_t ahead = np_seq_lt(k->base, k->pri_next) ? k->pri_next - k->base : 0;
+        uint32_t skip = ahead < k->sec.len ? ahead : k->sec.len;
+        k->base = k->pri_next;
         bytes_consume(&k->sec, skip);
         c->sec_bytes -= skip;
         k->pri.len = k->pri.head = 0;

@@ -18,12 +18,12 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from colo_plane.native.netproxy import NetProxy, NetProxyConfig, NetRole, open_port
 from colo_plane.netlab import netns
 from colo_plane.tools.bench import harness
-from colo_plane.tools.bench.rawio import RawBuffer, raw_recv
 
 PORT = 7000
 ROUNDS = 5
@@ -66,13 +66,29 @@ class Checkpointer:
         return self.count
 
 
-def _measure(lab: netns.Lab, bulk_mb: int, requests: int, buf: RawBuffer) -> Sample:
+STALL_SECONDS = 30.0  # no byte for this long: the run fails, saying where it stood
+
+
+def _recv_exactly(c: socket.socket, total: int, buf: bytearray, what: Callable[[], str]) -> None:
+    view, got = memoryview(buf), 0
+    while got < total:
+        try:
+            n = c.recv_into(view[: min(len(buf), total - got)])
+        except TimeoutError:
+            raise RuntimeError(f"the bulk stream stalled at {got} of {total} bytes: {what()}") from None
+        if n == 0:
+            raise RuntimeError(f"the server closed the bulk stream at {got} of {total} bytes")
+        got += n
+
+
+def _measure(lab: netns.Lab, bulk_mb: int, requests: int, what: Callable[[], str]) -> Sample:
     total = bulk_mb << 20
-    with lab.connect(PORT, timeout=60.0) as c:
+    buf = bytearray(1 << 20)
+    with lab.connect(PORT, timeout=STALL_SECONDS) as c:
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         t0 = time.perf_counter()
         c.sendall(f"BULK {total}\n".encode())
-        raw_recv(c, buf, total, 1 << 16)
+        _recv_exactly(c, total, buf, what)
         bulk = bulk_mb / (time.perf_counter() - t0)
         f = c.makefile("rb")
         lat: list[float] = []
@@ -85,15 +101,15 @@ def _measure(lab: netns.Lab, bulk_mb: int, requests: int, buf: RawBuffer) -> Sam
     return Sample(bulk, lat)
 
 
-def _through_bridge(lab: netns.Lab, bulk_mb: int, requests: int, buf: RawBuffer) -> Sample:
+def _through_bridge(lab: netns.Lab, bulk_mb: int, requests: int) -> Sample:
     lab.bridge(True)
     try:
-        return _measure(lab, bulk_mb, requests, buf)
+        return _measure(lab, bulk_mb, requests, lambda: "straight through the bridge")
     finally:
         lab.bridge(False)
 
 
-def _through_proxy(lab: netns.Lab, bulk_mb: int, requests: int, buf: RawBuffer) -> Sample:
+def _through_proxy(lab: netns.Lab, bulk_mb: int, requests: int) -> Sample:
     p = NetProxy(NetProxyConfig(NetRole.PRIMARY), open_port("pg", lab.host), open_port("up0", lab.host))
     s = NetProxy(NetProxyConfig(NetRole.SECONDARY, keep_offsets=True), open_port("sg", lab.host))
     ckpt: Checkpointer | None = None
@@ -102,7 +118,7 @@ def _through_proxy(lab: netns.Lab, bulk_mb: int, requests: int, buf: RawBuffer) 
         p.attach(a)
         s.attach(b)
         ckpt = Checkpointer(p)
-        sample = _measure(lab, bulk_mb, requests, buf)
+        sample = _measure(lab, bulk_mb, requests, lambda: f"primary {p.stats()}; secondary {s.stats()}")
         return dataclasses.replace(sample, checkpoints=ckpt.stop())
     finally:
         if ckpt is not None:
@@ -129,14 +145,13 @@ class Results:
 def run(*, rounds: int = ROUNDS, bulk_mb: int = BULK_MB, requests: int = REQUESTS) -> Results:
     if not netns.available():
         raise RuntimeError("colo bench netproxy needs root and `ip netns`")
-    buf = RawBuffer(1 << 16)
     with netns.lab() as lab:
         lab.start_server(lab.primary, PORT)
         lab.start_server(lab.secondary, PORT)
         done = harness.interleave(
             rounds,
-            lambda: _through_bridge(lab, bulk_mb, requests, buf),
-            lambda: _through_proxy(lab, bulk_mb, requests, buf),
+            lambda: _through_bridge(lab, bulk_mb, requests),
+            lambda: _through_proxy(lab, bulk_mb, requests),
         )
     ratios = [r.subject.bulk_mb_s / r.baseline.bulk_mb_s for r in done]
     spread = harness.Spread.of(ratios)
