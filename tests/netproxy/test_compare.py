@@ -6,8 +6,10 @@ import select
 import socket
 import struct
 import threading
+import time
 
 from colo_plane.native.netproxy import NetProxy, NetProxyConfig, NetRole, open_port
+from colo_plane.netlab import netns
 from tests.netproxy.conftest import PORT, MakePair
 
 
@@ -78,3 +80,41 @@ def test_malformed_link_frame_drops_the_link_and_holds_output(make_pair: MakePai
     finally:
         p.close()
         b.close()
+
+
+def test_compare_resumes_in_step_after_a_checkpoint(lab: netns.Lab) -> None:
+    lab.start_server(lab.primary, PORT)
+    lab.start_server(lab.secondary, PORT)
+    p = NetProxy(NetProxyConfig(NetRole.PRIMARY), open_port("pg", lab.host), open_port("up0", lab.host))
+    s = NetProxy(NetProxyConfig(NetRole.SECONDARY, keep_offsets=True), open_port("sg", lab.host))
+    try:
+        with lab.connect(PORT) as c:  # unprotected: only the primary guest learns x
+            c.sendall(b"SET x 1\n")
+            assert c.recv(100) == b"OK 00000000\n"
+        time.sleep(1.0)  # its close ends unprotected too
+        a, b = socket.socketpair()
+        p.attach(a)
+        s.attach(b)
+        with lab.connect(PORT) as c:
+            f = c.makefile("rwb")
+            f.write(b"GET x\n")  # "VAL 1" here, "VAL -" there: diverges
+            f.flush()
+            assert _events(p.event_fd, 5.0)
+            for i in range(5):  # sent while the connection is diverged
+                f.write(f"SET y {i}\n".encode())
+                f.flush()
+            time.sleep(0.5)
+            assert p.stats().mismatch["tcp"] == 1
+            p.checkpoint_done(1, p.last_seq)
+            assert f.readline() == b"VAL 1 00000000\n"
+            for _ in range(5):
+                assert f.readline() == b"OK 00000000\n"
+            for i in range(20):  # compared again, and equal: both guests are in step
+                f.write(f"SET z {i}\n".encode())
+                f.flush()
+                assert f.readline() == b"OK 00000000\n"
+        st = p.stats()
+        assert st.divergences == 1 and st.mismatch["tcp"] == 1, st
+    finally:
+        p.close()
+        s.close()
