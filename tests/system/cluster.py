@@ -7,7 +7,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,8 +139,11 @@ class AgentProcess(Daemon):
 StartAgent = Callable[..., "AgentProcess"]
 
 
-def start_agent(tmp: Path, host_id: str, coordinator: str, *extra: str) -> AgentProcess:
-    return AgentProcess(launch(tmp, host_id, agent_args(host_id, coordinator, *extra)), host_id=host_id)
+def start_agent(
+    tmp: Path, host_id: str, coordinator: str, *extra: str, wrap: Sequence[str] = ()
+) -> AgentProcess:
+    process = launch(tmp, host_id, agent_args(host_id, coordinator, *extra), wrap)
+    return AgentProcess(process, host_id=host_id)
 
 
 def sim_spec(
