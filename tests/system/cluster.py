@@ -192,18 +192,41 @@ def protect(
         ),
         timeout=10,
     )
-    return primary.stub.StartPrimary(
-        colo_pb2.StartPrimaryRequest(
-            domain=spec.domain,
-            generation=generation,
-            epoch=epoch,
-            spec=spec,
-            pair_secret=secret,
-            peer_host_id=secondary.host_id,
-            peer_data_address=prepared.data_address,
-            create_domain=True,  # a first protection: the sim domain is made here
-        ),
-        timeout=60,
+    # A first protection (create): the sim domain is made on the primary.
+    request = start_primary(
+        spec.domain,
+        create=True,
+        peer=prepared.data_address,
+        spec=spec,
+        generation=generation,
+        epoch=epoch,
+        secret=secret,
+        peer_host=secondary.host_id,
+    )
+    return primary.stub.StartPrimary(request, timeout=60)
+
+
+def start_primary(
+    domain: str,
+    *,
+    create: bool,
+    peer: str = "127.0.0.1:1",
+    spec: colo_pb2.DomainSpec | None = None,
+    generation: int = 1,
+    epoch: int = 1,
+    secret: bytes = b"s" * 32,
+    peer_host: str = "",
+) -> colo_pb2.StartPrimaryRequest:
+    """StartPrimary of DOMAIN (a 64-page sim guest unless SPEC) towards PEER's data port."""
+    return colo_pb2.StartPrimaryRequest(
+        domain=domain,
+        generation=generation,
+        epoch=epoch,
+        spec=spec or sim_spec(domain, pages=64),
+        pair_secret=secret,
+        peer_host_id=peer_host,
+        peer_data_address=peer,
+        create_domain=create,
     )
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster import StartAgent
+from cluster import StartAgent, start_primary
 from coordinated import CoordinatorProcess, loadgen_in_thread, wait_for
-from world import Cluster, refusal, start_primary
+from world import Cluster, refusal
 
 from colo_plane._proto import colo_pb2
 from colo_plane.rpc import duration

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster import AgentProcess, StartAgent, protect, start_agent
+from cluster import AgentProcess, StartAgent, protect, start_agent, start_primary
 from cluster import sim_spec as agent_spec
 from coordinated import CoordinatorProcess, agents_alive, sim_spec, start_coordinator, wait_for
-from world import Cluster, refusal, start_primary
+from world import Cluster, refusal
 
 from colo_plane._proto import colo_pb2
 from colo_plane.rpc import reason_name

@@ -1,6 +1,5 @@
 """What the tests that act on one pair share: a real coordinator with
-agents by host name (Cluster), what a refused call carries (refusal), and
-the StartPrimary request the coordinator would send (start_primary)."""
+agents by host name (Cluster), and what a refused call carries (refusal)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from pathlib import Path
 import grpc
 import pytest
 from cluster import AgentProcess, start_agent
-from cluster import sim_spec as agent_spec
 from coordinated import CoordinatorProcess, agents_alive, start_coordinator, wait_for
 
 from colo_plane._proto import colo_pb2
@@ -66,24 +64,3 @@ def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, dict[str,
     assert info is not None, f"no ErrorInfo on {err.value.code()}: {err.value.details()}"
     assert info.domain == "colo.v1"
     return err.value.code(), info.reason, dict(info.metadata)
-
-
-def start_primary(
-    domain: str,
-    *,
-    create: bool,
-    peer: str = "127.0.0.1:1",
-    spec: colo_pb2.DomainSpec | None = None,
-    generation: int = 1,
-    epoch: int = 1,
-) -> colo_pb2.StartPrimaryRequest:
-    """StartPrimary of DOMAIN (a 64-page sim guest unless SPEC) towards PEER's data port."""
-    return colo_pb2.StartPrimaryRequest(
-        domain=domain,
-        generation=generation,
-        epoch=epoch,
-        spec=spec or agent_spec(domain, pages=64),
-        pair_secret=b"s" * 32,
-        peer_data_address=peer,
-        create_domain=create,
-    )

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from deploycheck import KUBE, RULES, kube, rel, rules, tools
+from deploycheck import KUBE, RULES, kube, load, rel, tools
 from deploycheck.cli import flag_errors, host, is_loopback, is_wildcard, parse, port
 from deploycheck.daemons import ADVERTISED, DAEMON_PORTS, DAEMONS, HEALTH_SERVICE, SHUTDOWN_GRACE
 from deploycheck.kube import FIELD_SAMPLES, IMAGE_REPO, built, by_kind, container, containers
+from deploycheck.series import RULE_JOBS
 
 from colo_plane import __version__
 
@@ -51,7 +52,7 @@ def test_images_are_the_package_version() -> None:
     workloads = [o for d in (KUBE, OPERATOR) for o in built(d) if o["kind"] in kube.WORKLOADS]
     images = {c["image"] for o in workloads for c in o["spec"]["template"]["spec"]["containers"]}
     assert images == {f"{IMAGE_REPO}:{__version__}"}
-    (entry,) = rules.load(KUBE / "base" / "kustomization.yaml")["images"]
+    (entry,) = load(KUBE / "base" / "kustomization.yaml")["images"]
     assert entry == {"name": IMAGE_REPO, "newTag": __version__}
 
 
@@ -103,7 +104,7 @@ def test_pods_are_scraped_on_their_metrics_port(daemon: str) -> None:
     assert int(annotations["prometheus.io/port"]) == c.ports["metrics"]
     assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
     # The job name the rules expect comes from this label (scrape config, jobLabel).
-    assert c.pod["metadata"]["labels"]["app.kubernetes.io/name"] == rules.RULE_JOBS[c.daemon]
+    assert c.pod["metadata"]["labels"]["app.kubernetes.io/name"] == RULE_JOBS[c.daemon]
 
 
 @pytest.mark.parametrize("daemon", DAEMONS)
@@ -184,14 +185,14 @@ def test_prometheus_operator_objects_match_the_base() -> None:
     selector = sm["spec"]["selector"]["matchLabels"]
     (svc,) = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
     assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
-    assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == rules.RULE_JOBS["coordinator"]
+    assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == RULE_JOBS["coordinator"]
     (pm,) = by_kind(objects, "PodMonitor")
     selector = pm["spec"]["selector"]["matchLabels"]
     (agent,) = [c for c in containers(objects) if selector.items() <= c.pod["metadata"]["labels"].items()]
     assert {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} <= set(agent.ports)
-    assert agent.pod["metadata"]["labels"][pm["spec"]["jobLabel"]] == rules.RULE_JOBS["agent"]
+    assert agent.pod["metadata"]["labels"][pm["spec"]["jobLabel"]] == RULE_JOBS["agent"]
     (rule,) = by_kind(objects, "PrometheusRule")
-    assert rule["spec"] == rules.load(RULES), (
+    assert rule["spec"] == load(RULES), (
         "prometheusrule.yaml differs from deploy/prometheus/colo-rules.yaml: regenerate it (see its header)"
     )
 

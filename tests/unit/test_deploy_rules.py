@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 import yaml
-from deploycheck import PROMETHEUS, RULE_TESTS, RULES, rules, tools
+from deploycheck import PROMETHEUS, RULE_TESTS, RULES, load, rules, tools
 from deploycheck.cli import flag_errors, inline_commands, parse, port
-from deploycheck.rules import METRICS, SYNTHETIC, Selector, load, scoping_problems, selectors
+from deploycheck.promql import Selector, selectors
+from deploycheck.rules import scoping_problems
+from deploycheck.series import METRICS, RULE_JOBS, SYNTHETIC
 from deploycheck.systemd import daemon_argv
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -89,7 +91,7 @@ def test_example_scrape_config_names_the_jobs_the_rules_use() -> None:
     config = load(PROMETHEUS / "prometheus.example.yaml")
     assert config["rule_files"] == [RULES.name]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    for daemon, job in rules.RULE_JOBS.items():
+    for daemon, job in RULE_JOBS.items():
         args = parse(daemon_argv(daemon))
         targets = [t for sc in jobs[job]["static_configs"] for t in sc["targets"]]
         assert targets and {port(t) for t in targets} == {port(args.metrics_listen)}, job

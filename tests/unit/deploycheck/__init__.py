@@ -7,6 +7,9 @@ expands it (kube.py), a unit's ExecStart as systemd expands it
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -20,3 +23,9 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
+
+
+def load(path: Path) -> Any:
+    """The one YAML document of PATH."""
+    (doc,) = yaml.safe_load_all(path.read_text())
+    return doc

@@ -1,8 +1,8 @@
 """The Prometheus rules against the code, with promtool doing the reading.
 
 What is ours here is lexical: the selectors a rule's expression names and
-the labels it groups by (`selectors`), and every series colo_plane/metrics.py
-exposes (`exposed_metrics`).  From them `derived_suite` writes a promtool
+the labels it groups by (promql.py), and every series colo_plane/metrics.py
+exposes (series.py).  From them `derived_suite` writes a promtool
 test suite that Prometheus evaluates: each selector must match the series
 the code exposes (its name, its labels, the label values the code sets;
 recording rules evaluated from those series as Prometheus would), each
@@ -13,82 +13,15 @@ fire it."""
 from __future__ import annotations
 
 import copy
-import itertools
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
 
-from colo_plane import metrics
-from colo_plane._proto import colo_pb2
-from colo_plane.agent.syncpoints import Role
-from deploycheck import RULE_TESTS, RULES, tools
-
-# The job names the rules match on; the pods' app.kubernetes.io/name labels,
-# the Operator's monitors (jobLabel) and the example scrape configs give them.
-RULE_JOBS = {"coordinator": "colo-coordinator", "agent": "colo-agent"}
-# Labels Prometheus attaches to every scraped series.
-TARGET_LABELS = frozenset({"job", "instance"})
-# Series Prometheus makes itself.
-SYNTHETIC = {"up": frozenset[str]()}
-
-
-def exposed_metrics() -> dict[str, frozenset[str]]:
-    """Every series name colo_plane/metrics.py exposes, with its labels: the
-    suffixes prometheus_client adds per type, `le` on histogram buckets."""
-    out: dict[str, frozenset[str]] = {}
-    for obj in vars(metrics).values():
-        if not isinstance(obj, MetricWrapperBase):
-            continue
-        family = obj.describe()[0]
-        base, kind = family.name, family.type
-        labels = frozenset(obj._labelnames)  # no public accessor
-        if kind == "counter":
-            out[base + "_total"] = out[base + "_created"] = labels
-        elif kind == "gauge":
-            out[base] = labels
-        elif kind == "histogram":
-            out[base + "_bucket"] = labels | {"le"}
-            out[base + "_sum"] = out[base + "_count"] = out[base + "_created"] = labels
-        elif kind == "info":
-            for fam in obj.collect():
-                for sample in fam.samples:
-                    out[sample.name] = labels | frozenset(sample.labels)
-        else:
-            raise AssertionError(f"{base}: metric type {kind} is not handled here: add its suffixes")
-    return out
-
-
-METRICS = exposed_metrics()
-
-
-def _names(enum: Any, prefix: str) -> set[str]:
-    return {n.removeprefix(prefix) for n in enum.keys() if not n.endswith("UNSPECIFIED")}  # noqa: SIM118
-
-
-# The values some labels can take, from the code that sets them.
-LABEL_VALUES: dict[str, set[str]] = {
-    "state": _names(colo_pb2.PairState, "PAIR_STATE_"),  # statemachine.state_name
-    "trigger": {n.lower() for n in _names(colo_pb2.CheckpointTrigger, "CHECKPOINT_TRIGGER_")},
-    "cause": {n.lower() for n in _names(colo_pb2.FailoverCause, "FAILOVER_CAUSE_")},
-    "role": {r.value for r in Role},
-    "grpc_service": {s.full_name for s in colo_pb2.DESCRIPTOR.services_by_name.values()}
-    | {"grpc.health.v1.Health"},
-    "grpc_method": {m.name for s in colo_pb2.DESCRIPTOR.services_by_name.values() for m in s.methods}
-    | {"Check", "Watch"},
-    "grpc_code": {c.name for c in grpc.StatusCode},
-    "job": set(RULE_JOBS.values()),
-}
-BUCKETS = ("0.1", "+Inf")
-
-
-def load(path: Path) -> Any:
-    (doc,) = yaml.safe_load_all(path.read_text())
-    return doc
+from deploycheck import RULE_TESTS, RULES, load, tools
+from deploycheck.promql import MATCHER, Selector, selectors
+from deploycheck.series import LABEL_VALUES, METRICS, SYNTHETIC, TARGET_LABELS, code_series, job_of
 
 
 def rules(path: Path = RULES) -> list[dict[str, Any]]:
@@ -97,89 +30,6 @@ def rules(path: Path = RULES) -> list[dict[str, Any]]:
 
 def name(rule: dict[str, Any]) -> str:
     return str(rule.get("alert") or rule.get("record"))
-
-
-# -- what an expression names ---------------------------------------------------------
-
-_TOKEN = re.compile(
-    r"""(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
-      | (?P<matchers>\{[^}]*\})
-      | (?P<range>\[[^\]]*\])
-      | (?P<number>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?(?:ms|[smhdwy])?)
-      | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
-      | (?P<space>\s+)
-      | (?P<op>.)""",
-    re.VERBOSE | re.DOTALL,
-)
-_MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
-GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
-KEYWORDS = GROUPING | {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
-
-
-@dataclass(frozen=True)
-class Selector:
-    metric: str
-    matchers: tuple[tuple[str, str, str], ...]  # (label, op, value)
-
-    def text(self, *extra: tuple[str, str, str]) -> str:
-        inner = ",".join(f'{label}{op}"{value}"' for label, op, value in (*self.matchers, *extra))
-        return f"{self.metric}{{{inner}}}"
-
-
-def selectors(expr: str) -> tuple[list[Selector], list[str]]:
-    """The series selectors EXPR names, and the labels it groups or matches
-    on (by, without, on, ignoring, group_left/right)."""
-    tokens = [(m.lastgroup, m.group(0)) for m in _TOKEN.finditer(expr) if m.lastgroup != "space"]
-    found: list[Selector] = []
-    grouping: list[str] = []
-    i = 0
-    while i < len(tokens):
-        kind, text = tokens[i]
-        after = tokens[i + 1] if i + 1 < len(tokens) else ("end", "")
-        i += 1
-        if kind != "ident":
-            continue
-        if text in GROUPING and after[1] == "(":
-            while i < len(tokens) and tokens[i][1] != ")":
-                if tokens[i][0] == "ident":
-                    grouping.append(tokens[i][1])
-                i += 1
-        elif text in KEYWORDS or after[1] == "(" or after[1] in ("by", "without"):
-            continue  # a keyword, a function or an aggregation
-        else:
-            block = after[1] if after[0] == "matchers" else ""
-            found.append(Selector(text, tuple(_MATCHER.findall(block))))
-    return found, grouping
-
-
-# -- the series the code exposes, as promtool input ------------------------------------
-
-
-def _jobs(series: str) -> list[str]:
-    for group, daemons in ((metrics.AGENT, ["agent"]), (metrics.COORDINATOR, ["coordinator"])):
-        if any(
-            series == c.describe()[0].name or series.startswith(c.describe()[0].name + "_") for c in group
-        ):
-            return [RULE_JOBS[d] for d in daemons]
-    return list(RULE_JOBS.values())  # COMMON, and `up`
-
-
-def code_series() -> list[dict[str, str]]:
-    """One promtool input series per value of each label of each exposed
-    series (the others at their first value), under the job that exports it:
-    every (series, label, value) the code can produce, once."""
-    out = []
-    for series, labels in sorted({**METRICS, **SYNTHETIC}.items()):
-        choices = {
-            label: sorted(BUCKETS if label == "le" else LABEL_VALUES.get(label, {f"some-{label}"}))
-            for label in sorted(labels)
-        }
-        combos = [{k: v[0] for k, v in choices.items()}]
-        combos += [{**combos[0], k: value} for k, v in choices.items() for value in v[1:]]
-        for job, combo in itertools.product(_jobs(series), combos):
-            matchers = ",".join(f'{k}="{v}"' for k, v in {"job": job, "instance": "i:1", **combo}.items())
-            out.append({"series": f"{series}{{{matchers}}}", "values": "1+1x10"})
-    return out
 
 
 def _exists(expr: str) -> dict[str, Any]:
@@ -303,7 +153,7 @@ def input_problems(suite: dict[str, Any]) -> list[str]:
         for item in case.get("input_series", []):
             m = _SERIES.match(item["series"])
             assert m, f"cannot read input series {item['series']!r}"
-            series, labels = m.group(1), dict((k, v) for k, _, v in _MATCHER.findall(m.group(2)))
+            series, labels = m.group(1), dict((k, v) for k, _, v in MATCHER.findall(m.group(2)))
             want = {**METRICS, **SYNTHETIC}.get(series)
             if want is None:
                 problems.append(f"{series}: no such series in colo_plane/metrics.py")
@@ -321,15 +171,6 @@ def input_problems(suite: dict[str, Any]) -> list[str]:
 
 
 # -- each daemon's series, and the rules' jobs ----------------------------------------
-
-
-def job_of(series: str) -> str | None:
-    for daemon, group in (("agent", metrics.AGENT), ("coordinator", metrics.COORDINATOR)):
-        for collector in group:
-            base = collector.describe()[0].name
-            if series == base or series.startswith(base + "_"):
-                return RULE_JOBS[daemon]
-    return None
 
 
 def scoping_problems(rule_list: list[dict[str, Any]]) -> list[str]:
