@@ -179,29 +179,16 @@ def protect(
     epoch: int = 1,
     secret: bytes = b"s" * 32,
 ) -> colo_pb2.StartPrimaryResponse:
-    """The coordinator's part of a first boot: PrepareSecondary, then StartPrimary."""
-    prepared = secondary.stub.PrepareSecondary(
-        colo_pb2.PrepareSecondaryRequest(
-            domain=spec.domain,
-            generation=generation,
-            epoch=epoch,
-            spec=spec,
-            pair_secret=secret,
-            peer_host_id=primary.host_id,
-            peer_data_address=primary.data,
-        ),
-        timeout=10,
+    """The coordinator's part of a first boot: PrepareSecondary, then StartPrimary
+    (create: a first protection, the sim domain is made on the primary)."""
+    pair: dict[str, Any] = {"domain": spec.domain, "generation": generation, "epoch": epoch}
+    pair.update(spec=spec, pair_secret=secret)  # what both requests carry
+    to_secondary = colo_pb2.PrepareSecondaryRequest(
+        **pair, peer_host_id=primary.host_id, peer_data_address=primary.data
     )
-    # A first protection (create): the sim domain is made on the primary.
-    request = start_primary(
-        spec.domain,
-        create=True,
-        peer=prepared.data_address,
-        spec=spec,
-        generation=generation,
-        epoch=epoch,
-        secret=secret,
-        peer_host=secondary.host_id,
+    prepared = secondary.stub.PrepareSecondary(to_secondary, timeout=10)
+    request = colo_pb2.StartPrimaryRequest(
+        **pair, peer_host_id=secondary.host_id, peer_data_address=prepared.data_address, create_domain=True
     )
     return primary.stub.StartPrimary(request, timeout=60)
 
