@@ -290,6 +290,7 @@ class AgentCore:
                 sink=self.sink,
                 hooks=self.config.hooks,
                 release=replica.proxy.data_path,
+                arm=replica.proxy.arm,
             )
             outcome = await self._run_link(
                 replica,
@@ -459,7 +460,7 @@ class AgentCore:
             )
         armed = replica.armed
         if armed is not None and armed.epoch == req.epoch and armed.generation == req.generation:
-            armed.proxy.fire(req.epoch)  # the coordinator wants the armed epoch now
+            armed.arm.fire(req.epoch)  # the coordinator wants the armed epoch now
             return await asyncio.shield(armed.answer)
         link = replica.link
         if link is None or link.broken:
@@ -528,9 +529,9 @@ class AgentCore:
         call for the epoch, or after arm seconds (docs/protocol.md)."""
         assert replica.proxy is not None
         assert replica.proxy.data_path is not None
-        proxy = replica.proxy.data_path
+        waits_on = replica.proxy.arm
         answer: asyncio.Future[colo_pb2.AgentCheckpointResponse] = asyncio.get_running_loop().create_future()
-        replica.armed = Armed(req.epoch, req.generation, proxy, answer)
+        replica.armed = Armed(req.epoch, req.generation, waits_on, answer)
         replica.proxy.arming(True)
         try:
             outcome = await self._checkpointed(
@@ -542,7 +543,7 @@ class AgentCore:
             answer.set_result(self._answer(req, outcome))
             return outcome
         except BaseException as exc:
-            proxy.disarm(req.epoch)  # cancelled before it started: it must not start later
+            waits_on.disarm(req.epoch)  # cancelled before it started: it must not start later
             if not isinstance(exc, Exception):
                 exc = RpcError(
                     grpc.StatusCode.ABORTED,

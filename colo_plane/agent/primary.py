@@ -42,6 +42,7 @@ class PrimaryLink:
         sink: SyncSink,
         hooks: TestHooks | None = None,
         release: native.Proxy | None = None,
+        arm: native.Arm | None = None,
     ) -> None:
         self.domain = domain
         self.generation = generation
@@ -51,6 +52,7 @@ class PrimaryLink:
         self.sink = sink
         self.hooks = hooks or TestHooks()
         self.release = release  # the proxy whose held replies a checkpoint releases, in C
+        self.arm = arm  # where an armed checkpoint waits for the proxy's first held reply
         self.lock = threading.Lock()  # one checkpoint at a time
         self.broken = ""
         self._writer = native.StreamWriter(sock, timeout=IO_TIMEOUT)
@@ -168,11 +170,11 @@ class PrimaryLink:
         """Waits (in C, without the lock: GetStatus may hash meanwhile) for
         the first held reply, a fire() of epoch or arm seconds, then runs the
         checkpoint at once, on this thread.  native.Disarmed: it never started."""
-        if self.release is None:
+        if self.arm is None:
             raise ProtocolError("an armed checkpoint needs the domain's proxy")
         if self.broken:
             raise ProtocolError(f"data connection already failed: {self.broken}")
-        why = self.release.await_divergence(epoch, arm)
+        why = self.arm.await_divergence(epoch, arm)
         with self.lock:
             out = self._guard(lambda: self._checkpoint(epoch))
         return Outcome(out.epoch, out.stats, out.verify, why)

@@ -61,6 +61,7 @@ class PrimaryProxy:
         self.reply_timeout = reply_timeout
         self.poll_us = poll_us
         self._data_path: native.Proxy | None = None
+        self.arm = native.Arm()  # held replies are reported here: an armed checkpoint waits on it
         self._want = 0  # highest held seq a checkpoint must include
         self._want_reason = "mismatch"
         self._asked = 0  # highest seq the coordinator promised a checkpoint for
@@ -77,7 +78,9 @@ class PrimaryProxy:
         listener = listen(host, port)
         address = addresses.join(host, listener.getsockname()[1])
         try:
-            self._data_path = native.Proxy(self.dom, listener, self.reply_timeout, poll_us=self.poll_us)
+            self._data_path = native.Proxy(
+                self.dom, listener, self.reply_timeout, poll_us=self.poll_us, arm=self.arm
+            )
         except BaseException:
             listener.close()
             raise

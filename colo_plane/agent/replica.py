@@ -27,7 +27,7 @@ class Armed:
 
     epoch: int
     generation: int
-    proxy: native.Proxy
+    arm: native.Arm
     answer: asyncio.Future[colo_pb2.AgentCheckpointResponse]  # for a second call that fires it
 
 
@@ -61,7 +61,7 @@ class Replica:
     def disarm(self) -> None:
         """Ends an armed checkpoint that has not started (it holds busy while it waits)."""
         if self.armed is not None:
-            self.armed.proxy.disarm(self.armed.epoch)
+            self.armed.arm.disarm(self.armed.epoch)
 
     # -- the data connection ---------------------------------------------------
 
