@@ -575,15 +575,7 @@ class Coordinator:
                 f"{rec.domain} is {colo_pb2.PairState.Name(rec.state)}: no checkpoint until it is PROTECTED",
                 reason=colo_pb2.ERROR_REASON_WRONG_STATE,
             )
-        epoch, coalesced, _ = self.driver.want(rec.domain, colo_pb2.CHECKPOINT_TRIGGER_REQUEST)
-        self.machine.divergence(
-            rec,
-            epoch=epoch,
-            host=req.host_id,
-            reason=req.reason,
-            request_seq=req.request_seq,
-            message=req.detail,
-        )
+        epoch, coalesced = self.driver.arming.requested(rec, req)  # the fallback (arming.py)
         return colo_pb2.RequestCheckpointResponse(
             domain=rec.domain, generation=rec.generation, epoch=epoch, coalesced=coalesced
         )
