@@ -1,6 +1,6 @@
 """The `colo` client commands against the coordinator (protect, unprotect,
-pairs, pair, agents, checkpoint, failover, drain, watch) and the
-`colo coordinator` daemon.  Exit codes: 0 ok, 1 the coordinator said no
+pairs, pair, agents, checkpoint, failover, drain, watch); the daemons are
+registered in colo_plane/daemons.py.  Exit codes: 0 ok, 1 the coordinator said no
 (its message on stderr), 2 usage, 3 coordinator unreachable."""
 
 from __future__ import annotations
@@ -330,15 +330,7 @@ def _probability(text: str) -> float:
 
 
 def register(sub: Any) -> None:
-    """Adds the coordinator daemon and the client commands to `colo`."""
-    from colo_plane.coordinator.flags import add_arguments as coordinator_arguments
-
-    daemon = sub.add_parser("coordinator", help="run the coordinator daemon")
-    coordinator_arguments(daemon)
-    daemon.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    daemon.add_argument("--log-format", default="text", choices=["text", "json"])
-    daemon.set_defaults(func=_cmd_coordinator)
-
+    """Adds the client commands to `colo`."""
     p = _client(
         sub, "protect", "protect a domain (sim backend): place a secondary, first boot, checkpoints", _protect
     )
@@ -444,13 +436,3 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="stop after this long (default: until interrupted)",
     )
-
-
-def _cmd_coordinator(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from colo_plane import logs
-    from colo_plane.coordinator import server
-
-    logs.setup(level=args.log_level, fmt=args.log_format, name="coordinator")
-    return asyncio.run(server.run(args))

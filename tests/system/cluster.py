@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.localcluster import Process, agent_args, launch
+from colo_plane.tools.localcluster import Process, agent_args, launch
 
 
 class RecordingCoordinator(colo_pb2_grpc.CoordinatorServicer):
@@ -85,7 +85,7 @@ def start_recording_coordinator() -> tuple[grpc.Server, RecordingCoordinator, st
 
 @dataclass
 class Daemon:
-    """A `colo` daemon started by colo_plane.localcluster.launch, with a
+    """A `colo` daemon started by colo_plane.tools.localcluster.launch, with a
     gRPC channel to it."""
 
     process: Process

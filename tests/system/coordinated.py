@@ -15,9 +15,10 @@ from typing import TypeVar
 import grpc
 from cluster import AgentProcess, Daemon, start_agent
 
-from colo_plane import loadgen, promtext
+from colo_plane import promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.localcluster import coordinator_args, launch
+from colo_plane.tools import loadgen
+from colo_plane.tools.localcluster import coordinator_args, launch
 
 T = TypeVar("T")
 

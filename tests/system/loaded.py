@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from coordinated import CoordinatorProcess, sim_spec, start_cluster, wait_for
 
-from colo_plane import loadgen
 from colo_plane._proto import colo_pb2
+from colo_plane.tools import loadgen
 
 BURN = "import time, sys\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end: pass\n"
 

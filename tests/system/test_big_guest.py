@@ -16,7 +16,7 @@ import pytest
 from coordinated import start_cluster
 
 from colo_plane._proto import colo_pb2
-from colo_plane.localcluster import COLO
+from colo_plane.tools.localcluster import COLO
 
 pytestmark = pytest.mark.system
 

@@ -35,17 +35,21 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
 
 
-def bench_processes() -> set[int]:
-    """Every process a bench's local cluster runs (its files live in /tmp/colo-bench-*)."""
-    return {p for p, cmdline in processes("cmdline") if b"/colo-bench-" in cmdline and alive(p)}
+def bench_processes(tmp: Path) -> set[int]:
+    """Every process this test's bench runs: its cluster's files live in
+    TMP/colo-bench-* (TMPDIR is the test's own, so a bench run elsewhere on
+    the machine is not counted)."""
+    marker = f"{tmp}/colo-bench-".encode()
+    return {p for p, cmdline in processes("cmdline") if marker in cmdline and alive(p)}
 
 
-def test_sigterm_to_a_bench_stops_its_cluster() -> None:
-    before = bench_processes()
+def test_sigterm_to_a_bench_stops_its_cluster(tmp_path: Path) -> None:
+    before = bench_processes(tmp_path)
     bench = subprocess.Popen(
         [sys.executable, "-m", "colo_plane.cli", "bench", "failover", "--trials", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     kids: set[int] = set()
     try:
@@ -57,13 +61,13 @@ def test_sigterm_to_a_bench_stops_its_cluster() -> None:
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=30) == 128 + signal.SIGTERM
         deadline = time.monotonic() + 5
-        while (bench_processes() - before) and time.monotonic() < deadline:
+        while (bench_processes(tmp_path) - before) and time.monotonic() < deadline:
             time.sleep(0.05)
         # Also an agent the bench started after we looked (a trial restarts its victim).
-        assert not (bench_processes() - before), "cluster processes left running"
+        assert not (bench_processes(tmp_path) - before), "cluster processes left running"
     finally:
         if bench.poll() is None:
             bench.kill()
-        for k in kids | (bench_processes() - before):  # never leave them to the next test
+        for k in kids | (bench_processes(tmp_path) - before):  # never leave them to the next test
             if alive(k):
                 os.kill(k, signal.SIGKILL)

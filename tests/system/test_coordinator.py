@@ -34,7 +34,7 @@ from coordinated import (
 
 from colo_plane._proto import colo_pb2
 from colo_plane.coordinator.store import SqliteStore
-from colo_plane.localcluster import COLO
+from colo_plane.tools.localcluster import COLO
 
 pytestmark = pytest.mark.system
 

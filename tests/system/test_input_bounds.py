@@ -21,8 +21,8 @@ from coordinated import CoordinatorProcess, sim_spec, start_cluster, wait_for
 from colo_plane import promtext
 from colo_plane._proto import colo_pb2
 from colo_plane.agent import handshake
-from colo_plane.localcluster import COLO
 from colo_plane.native import DomainType, RecordType
+from colo_plane.tools.localcluster import COLO
 
 pytestmark = pytest.mark.system
 

@@ -16,8 +16,8 @@ from coordinated import loadgen_in_thread
 
 from colo_plane import promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.localcluster import LocalCluster, Process
 from colo_plane.rpc import duration
+from colo_plane.tools.localcluster import LocalCluster, Process
 
 pytestmark = pytest.mark.system
 

@@ -14,9 +14,9 @@ from cluster import start_agent
 from coordinated import agents_alive, free_port, loadgen_in_thread, start_coordinator, wait_for
 from relay import OneWayRelay
 
-from colo_plane import loadgen
 from colo_plane._proto import colo_pb2
 from colo_plane.rpc import duration
+from colo_plane.tools import loadgen
 
 pytestmark = pytest.mark.system
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from cluster import AgentProcess, StartAgent, protect, sim_spec
 
-from colo_plane import addresses, loadgen, promtext
+from colo_plane import addresses, promtext
+from colo_plane.tools import loadgen
 
 pytestmark = pytest.mark.system
 

@@ -18,7 +18,7 @@ from cluster import start_agent
 from coordinated import agents_alive, free_port, start_coordinator, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from colo_plane.localcluster import COLO
+from colo_plane.tools.localcluster import COLO
 
 pytestmark = pytest.mark.system
 

@@ -13,7 +13,7 @@ import pytest
 from coordinated import start_cluster
 
 from colo_plane import addresses
-from colo_plane.localcluster import COLO
+from colo_plane.tools.localcluster import COLO
 
 pytestmark = pytest.mark.system
 

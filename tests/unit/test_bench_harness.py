@@ -9,9 +9,9 @@ import statistics
 
 import pytest
 
-from colo_plane.bench import harness
-from colo_plane.bench.checkpoint import default_checkpoints
-from colo_plane.bench.stream import same_bytes_rounds
+from colo_plane.tools.bench import harness
+from colo_plane.tools.bench.checkpoint import default_checkpoints
+from colo_plane.tools.bench.stream import same_bytes_rounds
 
 
 def test_quantile_interpolates_like_statistics_inclusive() -> None:

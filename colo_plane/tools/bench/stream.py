@@ -8,8 +8,8 @@ import contextlib
 from dataclasses import asdict, dataclass
 
 from colo_plane import native
-from colo_plane.bench import harness
-from colo_plane.bench.loopback import RawLink, run_pair, tcp_pair
+from colo_plane.tools.bench import harness
+from colo_plane.tools.bench.loopback import RawLink, run_pair, tcp_pair
 
 RECORD_HEAD = 16  # record header + PAGE_DATA count/reserved
 RECORD_BYTES = RECORD_HEAD + native.MAX_PFNS_PER_RECORD * (8 + native.PAGE_SIZE)

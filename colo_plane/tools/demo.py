@@ -18,10 +18,11 @@ from pathlib import Path
 
 import grpc
 
-from colo_plane import loadgen, promtext
+from colo_plane import promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.localcluster import LocalCluster, Process
 from colo_plane.rpc import duration
+from colo_plane.tools import loadgen
+from colo_plane.tools.localcluster import LocalCluster, Process
 
 HOSTS = (("host-a", "zone-a"), ("host-b", "zone-b"), ("host-c", "zone-c"))
 CHECKPOINT_FLIP = {colo_pb2.PAIR_STATE_PROTECTED, colo_pb2.PAIR_STATE_CHECKPOINTING}

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import grpc
 
-from colo_plane import addresses, loadgen
+from colo_plane import addresses
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.bench import harness
-from colo_plane.bench.loopback import Probe
-from colo_plane.localcluster import LocalCluster, Process
 from colo_plane.rpc import duration
+from colo_plane.tools import loadgen
+from colo_plane.tools.bench import harness
+from colo_plane.tools.bench.loopback import Probe
+from colo_plane.tools.localcluster import LocalCluster, Process
 
 HOSTS = ("host-a", "host-b", "host-c")
 GOAL_SECONDS = 1.0

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from colo_plane.bench import rawio
+from colo_plane.tools.bench import rawio
 
 PROBE_BYTES = 64 << 20  # ~30 ms at today's rate: short enough to run between any two phases
 

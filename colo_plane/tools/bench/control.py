@@ -25,11 +25,11 @@ import grpc
 
 from colo_plane import __version__, serving
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.bench import harness
-from colo_plane.bench.loopback import Probe
 from colo_plane.coordinator import server as coordinator_server
 from colo_plane.coordinator.settings import Settings
 from colo_plane.rpc import duration
+from colo_plane.tools.bench import harness
+from colo_plane.tools.bench.loopback import Probe
 
 RPC_TIMEOUT = 5.0
 LOAD_TAIL = 0.2

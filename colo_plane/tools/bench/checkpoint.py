@@ -21,9 +21,9 @@ from colo_plane import native
 from colo_plane.agent.primary import PrimaryLink
 from colo_plane.agent.secondary import SecondaryLoop
 from colo_plane.agent.syncpoints import SyncPoint
-from colo_plane.bench import harness
-from colo_plane.bench.loopback import RawLink, tcp_pair
-from colo_plane.bench.stream import RECORD_BYTES, stream_bytes
+from colo_plane.tools.bench import harness
+from colo_plane.tools.bench.loopback import RawLink, tcp_pair
+from colo_plane.tools.bench.stream import RECORD_BYTES, stream_bytes
 
 GOAL_FACTOR = 1.5
 GOAL_SLACK_MS = 2.0

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import grpc
 
-from colo_plane import loadgen, promtext
+from colo_plane import promtext
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.bench import harness
-from colo_plane.localcluster import LocalCluster
 from colo_plane.rpc import duration
+from colo_plane.tools import loadgen
+from colo_plane.tools.bench import harness
+from colo_plane.tools.localcluster import LocalCluster
 
 GOAL = 0.8  # protected >= 0.8 x unprotected at 1 %
 GOAL_DIVERGENCE = 0.01
