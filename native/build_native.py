@@ -28,6 +28,7 @@ SOURCES = [
     "service.c",
     "stream.c",
     "checkpoint.c",
+    "arm.c",
     "proxyio.c",
     "proxy.c",
     "mirror.c",

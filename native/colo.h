@@ -291,6 +291,59 @@ void colo_reader_set_verify_buffer(colo_reader *r, uint64_t *page_hashes);
 void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
                       uint64_t *pfns, uint64_t cap, uint64_t *count);
 
+/* ---- the armed checkpoint (arm.c) --------------------------------------- */
+
+/* Armed checkpoints (docs/protocol.md): the coordinator hands the primary
+ * an epoch ahead of time, and the checkpoint starts the moment an output
+ * diverges, with no round trip through the coordinator.  The arm is the
+ * checkpoint side's: the agent waits on it, and each output comparer (the
+ * sim proxy today; any other, such as a NIC-level proxy, the same way)
+ * only reports into it.  colo_arm_await blocks until a diverged output is
+ * held (DIVERGENCE), colo_arm_fire(token) is called (FIRED) or timeout_ms
+ * passes (TIMER); it fails with COLO_E_DISARMED on colo_arm_disarm(token)
+ * or while the comparer says it is not comparing (detached, unprotected,
+ * link lost, closing; a new arm: no comparer yet).  token (the epoch)
+ * keeps a late fire or disarm from touching the next wait.  The calls are
+ * thread-safe; free only with no await in flight and no comparer left. */
+
+typedef struct colo_arm colo_arm;
+
+enum colo_arm_why {
+    COLO_ARM_NONE = 0,
+    COLO_ARM_DIVERGENCE = 1,
+    COLO_ARM_TIMER = 2,
+    COLO_ARM_FIRED = 3
+};
+
+struct colo_arm_result {
+    uint32_t why;            /* enum colo_arm_why */
+    uint32_t reason;         /* the newest divergence's reason (enum colo_proxy_reason) */
+    uint64_t seq;            /* ... and its seq */
+    uint64_t t_ns;           /* CLOCK_MONOTONIC when the wait ended */
+};
+
+int colo_arm_new(colo_arm **out);
+void colo_arm_free(colo_arm *a);
+int colo_arm_await(colo_arm *a, uint64_t token, uint32_t timeout_ms, struct colo_arm_result *out);
+void colo_arm_fire(colo_arm *a, uint64_t token);
+void colo_arm_disarm(colo_arm *a, uint64_t token);
+
+/* What an output comparer reports, from any thread, under its own locks
+ * if it likes (the arm takes only its own and calls nothing back).  One
+ * comparer reports into an arm at a time.
+ * diverged: one output is held from now on, until a checkpoint covers it:
+ *   seq numbers it in the comparer's order, reason is MISMATCH (the
+ *   secondary's output differs) or TIMEOUT (it gave none in time).
+ *   An armed checkpoint starts at once, and at every await while held.
+ * released: n held outputs left (a checkpoint covered them, or unprotect).
+ * comparing: NULL or "" once the comparer compares (a secondary is
+ *   attached); else why it cannot (no divergence can come): an await then
+ *   fails with that text.  A comparer that goes away releases what it
+ *   held and says why it stopped. */
+void colo_arm_diverged(colo_arm *a, uint64_t seq, uint32_t reason);
+void colo_arm_released(colo_arm *a, uint64_t n);
+void colo_arm_comparing(colo_arm *a, const char *stopped);
+
 /* ---- the COLO proxy (proxy.c, mirror.c) ---------------------------------- */
 
 /* The proxy's data path (docs/design.md §5), on a thread of its own so no
@@ -307,8 +360,11 @@ void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
  * reply_timeout_ms -> held, and a HOLD event asks for a checkpoint.  A
  * checkpoint whose state includes a request releases it
  * (colo_proxy_checkpoint_done).  Replies leave each connection in request
- * order.  Events are queued; event_fd (an eventfd) becomes readable when the
- * queue gets its first one.  The proxy owns every fd handed to it.
+ * order.  Given an arm (NULL: none), the proxy reports into it each held
+ * reply, each release and whether it compares: nothing more (the
+ * checkpoint side owns the arm).  Events are queued; event_fd (an eventfd)
+ * becomes readable when the queue gets its first one.  The proxy owns
+ * every fd handed to it.
  *
  * Backpressure: a client's unsent output (replies written to no socket yet,
  * held ones included) is bounded by output_max bytes.  Past it the proxy
@@ -363,9 +419,10 @@ struct colo_proxy_stats {
  * sleeps (yielding the CPU between polls).  A request then finds it awake:
  * on a host whose CPUs idle between requests, each wake-up from sleep costs
  * more than the request itself.  0: always sleep.  output_max: the bound on
- * each client's unsent output, at least COLO_PROXY_OUTPUT_MIN. */
+ * each client's unsent output, at least COLO_PROXY_OUTPUT_MIN.  arm:
+ * where held replies are reported (it must outlive the proxy), or NULL. */
 int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, uint32_t poll_us,
-                   uint32_t output_max, colo_proxy **out);
+                   uint32_t output_max, colo_arm *arm, colo_proxy **out);
 /* Stops the thread and closes every fd (clients, link, listener). */
 void colo_proxy_free(colo_proxy *p);
 int colo_proxy_event_fd(const colo_proxy *p);
@@ -380,32 +437,6 @@ void colo_proxy_checkpoint_done(colo_proxy *p, uint64_t epoch, uint64_t last_seq
 /* Takes up to cap queued events, oldest first; reads the eventfd clear. */
 void colo_proxy_events(colo_proxy *p, struct colo_proxy_event *out, uint64_t cap, uint64_t *n);
 void colo_proxy_stats(colo_proxy *p, struct colo_proxy_stats *out);
-
-/* Armed checkpoints (docs/protocol.md): the coordinator hands the primary
- * an epoch ahead of time, and the checkpoint starts the moment a reply is
- * held, with no round trip through the coordinator.  colo_proxy_await
- * blocks until a reply is held (DIVERGENCE), colo_proxy_fire(token) is
- * called (FIRED) or timeout_ms passes (TIMER); it fails with
- * COLO_E_DISARMED on colo_proxy_disarm(token), detach, unprotect, a lost
- * link or free.  token (the epoch) keeps a late fire or disarm from
- * touching the next wait. */
-enum colo_arm_why {
-    COLO_ARM_NONE = 0,
-    COLO_ARM_DIVERGENCE = 1,
-    COLO_ARM_TIMER = 2,
-    COLO_ARM_FIRED = 3
-};
-
-struct colo_arm_result {
-    uint32_t why;            /* enum colo_arm_why */
-    uint32_t reason;         /* DIVERGENCE: enum colo_proxy_reason of the newest held reply */
-    uint64_t seq;            /* ... and its seq */
-    uint64_t t_ns;           /* CLOCK_MONOTONIC when the wait ended */
-};
-
-int colo_proxy_await(colo_proxy *p, uint64_t token, uint32_t timeout_ms, struct colo_arm_result *out);
-void colo_proxy_fire(colo_proxy *p, uint64_t token);
-void colo_proxy_disarm(colo_proxy *p, uint64_t token);
 
 /* Secondary (colo_mirror): runs the primary's framed requests on the
  * secondary guest in order and frames each reply back; a request the guest
