@@ -559,6 +559,11 @@ int colo_np_new(const struct colo_np_config *cfg, int guest_fd, int uplink_fd, c
 void colo_np_free(colo_np *np);
 /* The link to the peer (taken over).  Primary: compare from now on. */
 int colo_np_attach(colo_np *np, int link_fd);
+/* Primary: report divergences into arm (the checkpoint side's, arm.c),
+ * which must outlive the proxy: each diverged connection is one held
+ * output until a checkpoint (or unprotect) lets its output go; whether a
+ * secondary is attached is told too.  NULL: none. */
+int colo_np_set_arm(colo_np *np, colo_arm *arm);
 /* Readable (an eventfd) on each divergence and each lost link. */
 int colo_np_event_fd(const colo_np *np);
 /* Primary: the last ingress frame given to the guest (a checkpoint taken

@@ -30,6 +30,7 @@ enum np_link_type {
 
 struct colo_np {
     struct colo_np_config cfg;
+    colo_arm *arm;             /* primary: where divergences are reported (NULL: none) */
     int guest_fd, uplink_fd, link_fd;
     int wake_fd, event_fd;
     pthread_t thread;
@@ -71,14 +72,30 @@ static void signal_fd(int fd)
         return;
 }
 
-/* Every diverged output is told here and only here: the checkpoint side
- * (its arm) is woken through the event fd. */
+/* Every diverged output is told here and only here: the checkpoint side's
+ * arm (arm.c) starts the armed checkpoint; the event fd wakes anyone
+ * else.  A connection's divergence is one held output to the arm, until
+ * np_report_released.  reason 0: still held after a checkpoint (the arm
+ * counts it already). */
 static void np_report_divergence(colo_np *np, uint64_t tag, uint32_t proto, uint32_t reason)
 {
-    COLO_UNUSED(tag);
     COLO_UNUSED(proto);
-    COLO_UNUSED(reason);
+    if (np->arm != NULL && reason != 0 && reason != COLO_NP_LINK)
+        colo_arm_diverged(np->arm, tag, reason == COLO_NP_TIMEOUT ? COLO_PX_TIMEOUT : COLO_PX_MISMATCH);
     signal_fd(np->event_fd);
+}
+
+static void np_report_released(colo_np *np)
+{
+    if (np->arm != NULL)
+        colo_arm_released(np->arm, 1);
+}
+
+/* Whether divergences can come (NULL: a secondary is attached). */
+static void np_report_comparing(colo_np *np, const char *stopped)
+{
+    if (np->arm != NULL)
+        colo_arm_comparing(np->arm, stopped);
 }
 
 /* ---- the link ----------------------------------------------------------------- */
@@ -93,8 +110,10 @@ static void link_close(colo_np *np, const char *why)
     np->out_head = np->out_len = 0;
     np->in_len = 0;
     np->st.link_lost++;
-    if (np->cfg.role == COLO_NP_PRIMARY)
+    if (np->cfg.role == COLO_NP_PRIMARY) {
         np_cmp_hold_all(&np->cmp, COLO_NP_LINK);
+        np_report_comparing(np, "the NIC proxy's link to the secondary was lost");
+    }
     signal_fd(np->event_fd);
 }
 
@@ -157,6 +176,11 @@ static void cb_release(void *ctx, const uint8_t *buf, uint32_t len)
 static void cb_diverged(void *ctx, uint64_t tag, uint32_t proto, uint32_t reason)
 {
     np_report_divergence(ctx, tag, proto, reason);
+}
+
+static void cb_undiverged(void *ctx)
+{
+    np_report_released(ctx);
 }
 
 static void cb_isn(void *ctx, const struct np_key *k, uint32_t isn, uint32_t tsval)
@@ -404,7 +428,7 @@ static int alloc_buffers(colo_np *np)
 static int np_init(colo_np *np, const struct colo_np_config *cfg)
 {
     int rc;
-    struct np_cmp_ops cops = {cb_release, cb_diverged, cb_isn};
+    struct np_cmp_ops cops = {cb_release, cb_diverged, cb_isn, cb_undiverged};
     struct np_rw_ops rops = {cb_emit};
     np->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     np->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -462,9 +486,10 @@ void colo_np_free(colo_np *np)
         signal_fd(np->wake_fd);
         pthread_join(np->thread, NULL);
     }
-    if (np->cfg.role == COLO_NP_PRIMARY)
-        np_cmp_destroy(&np->cmp);
-    else
+    if (np->cfg.role == COLO_NP_PRIMARY) {
+        np_cmp_destroy(&np->cmp);   /* what it held is released to the arm */
+        np_report_comparing(np, "the NIC proxy is closed");
+    } else
         np_rw_destroy(&np->rw);
     close_fd(&np->guest_fd);
     close_fd(&np->uplink_fd);
@@ -494,9 +519,22 @@ int colo_np_attach(colo_np *np, int link_fd)
     if (np->cfg.role == COLO_NP_PRIMARY) {
         np->cmp.passthrough = 0;
         np->cmp.no_compare = 0;
+        np_report_comparing(np, NULL);
     }
     pthread_mutex_unlock(&np->mu);
     signal_fd(np->wake_fd);
+    return COLO_OK;
+}
+
+int colo_np_set_arm(colo_np *np, colo_arm *arm)
+{
+    if (np->cfg.role != COLO_NP_PRIMARY)
+        return colo_fail(COLO_E_INVAL, "netproxy: only a primary reports into an arm");
+    pthread_mutex_lock(&np->mu);
+    np->arm = arm;
+    np_report_comparing(np, np->link_fd >= 0 && !np->cmp.passthrough ? NULL
+                        : "the NIC proxy has no secondary attached");
+    pthread_mutex_unlock(&np->mu);
     return COLO_OK;
 }
 
@@ -525,8 +563,10 @@ void colo_np_unprotect(colo_np *np, uint64_t *released)
 {
     uint64_t n = 0;
     pthread_mutex_lock(&np->mu);
-    if (np->cfg.role == COLO_NP_PRIMARY)
+    if (np->cfg.role == COLO_NP_PRIMARY) {
         n = np_cmp_release_all(&np->cmp);
+        np_report_comparing(np, "the NIC proxy is unprotected");
+    }
     pthread_mutex_unlock(&np->mu);
     if (released)
         *released = n;

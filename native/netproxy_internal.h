@@ -120,6 +120,7 @@ struct np_cmp_ops {
     void (*release)(void *ctx, const uint8_t *buf, uint32_t len);
     void (*diverged)(void *ctx, uint64_t tag, uint32_t proto, uint32_t reason);
     void (*isn)(void *ctx, const struct np_key *k, uint32_t isn, uint32_t tsval);   /* the guest opened a connection */
+    void (*undiverged)(void *ctx);   /* a reported divergence is over (its output left) */
 };
 
 struct np_cmp {

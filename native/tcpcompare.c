@@ -32,6 +32,7 @@ struct np_conn {
     struct np_frame *qhead, *qtail;
     uint32_t proto;                    /* enum colo_np_proto */
     uint8_t busy, diverged, have_base, sec_syn, pri_fin_set, sec_fin_set, rst, fin_out;
+    uint8_t reported;                  /* the divergence was reported (and is owed a release) */
     uint32_t base;                     /* TCP: the first sequence number not matched yet */
     uint32_t pri_next;                 /* TCP: past the primary's highest byte, held or not */
     uint32_t pri_fin, sec_fin;
@@ -150,6 +151,14 @@ static int conn_idle(struct np_entry *e)
     return ((struct np_conn *)e)->qhead == NULL;
 }
 
+/* The end of a divergence: what reported it is told it is over. */
+static void undiverge(struct np_cmp *c, struct np_conn *k)
+{
+    if (k->reported)
+        c->ops.undiverged(c->ctx);
+    k->diverged = k->reported = 0;
+}
+
 static void conn_free(struct np_entry *e, void *ctx)
 {
     struct np_cmp *c = ctx;
@@ -163,6 +172,7 @@ static void conn_free(struct np_entry *e, void *ctx)
         free(f);
     }
     busy_set(c, k, 0);
+    undiverge(c, k);
     c->sec_bytes -= k->sec.len;
     bytes_free(&k->pri);
     bytes_free(&k->sec);
@@ -194,7 +204,8 @@ static void diverge(struct np_cmp *c, struct np_conn *k, uint32_t reason)
     uint64_t tag = 0;
     if (k->diverged)
         return;
-    k->diverged = 1;
+    k->diverged = k->reported = 1;
+    busy_set(c, k, 1);   /* even with nothing held yet: a checkpoint must clear it */
     for (struct np_frame *f = k->qhead; f != NULL; f = f->next) {
         pend_unlink(c, f);
         tag = f->tag;
@@ -467,7 +478,8 @@ uint64_t np_cmp_expire(struct np_cmp *c, uint64_t now)
  * start again from what the primary sent. */
 static void resync(struct np_cmp *c, struct np_conn *k)
 {
-    k->diverged = 0;
+    undiverge(c, k);
+    busy_set(c, k, 0);
     if (k->proto == COLO_NP_TCP) {
         uint32_t ahead = np_seq_lt(k->base, k->pri_next) ? k->pri_next - k->base : 0;
         uint32_t skip = ahead < k->sec.len ? ahead : k->sec.len;
@@ -500,8 +512,9 @@ void np_cmp_covered(struct np_cmp *c, uint64_t last_seq)
             if (k->rst || k->fin_out)
                 np_table_remove(&c->conns, &k->e);
         } else if (k->diverged) {
-            c->st->divergences++;   /* still held: the next checkpoint must come too */
-            c->ops.diverged(c->ctx, k->qtail->tag, k->proto, COLO_NP_MISMATCH);
+            /* still held: the next checkpoint must come too (the arm
+             * still counts it; reason 0 only wakes the event fd) */
+            c->ops.diverged(c->ctx, k->qtail->tag, k->proto, 0);
         }
     }
 }
@@ -522,7 +535,7 @@ uint64_t np_cmp_release_all(struct np_cmp *c)
             pop_release(c, k);
             n++;
         }
-        resync(c, k);
+        resync(c, k);   /* off the busy list, even if it held nothing */
     }
     c->passthrough = 1;
     c->no_compare = 0;

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from colo_plane.native._args import u64
 from colo_plane.native._ffi import ffi, lib
+from colo_plane.native.arm import Arm
 from colo_plane.native.errors import _check
 
 __all__ = ["NP_PROTOCOLS", "NetProxy", "NetProxyConfig", "NetProxyStats", "NetRole", "open_port"]
@@ -112,7 +113,7 @@ class NetProxy:
     """One side's NIC proxy.  It takes the port sockets (and the link) over;
     close() stops its thread and closes them."""
 
-    __slots__ = ("_ptr", "role")
+    __slots__ = ("_arm", "_ptr", "role")
 
     def __init__(
         self, config: NetProxyConfig, guest: socket.socket, uplink: socket.socket | None = None
@@ -126,7 +127,14 @@ class NetProxy:
         if uplink is not None:
             uplink.detach()
         self._ptr: Any = out[0]
+        self._arm: Arm | None = None
         self.role = config.role
+
+    def set_arm(self, arm: Arm | None) -> None:
+        """Primary: report each diverged connection into arm (the checkpoint
+        side's), so an armed checkpoint starts the moment output diverges."""
+        _check(lib.colo_np_set_arm(self._p(), ffi.NULL if arm is None else arm._p()))
+        self._arm = arm  # the arm outlives the reports into it
 
     def _p(self) -> Any:
         if self._ptr is None:
@@ -169,6 +177,7 @@ class NetProxy:
         if self._ptr is not None:
             lib.colo_np_free(self._ptr)
             self._ptr = None
+            self._arm = None
 
     def __enter__(self) -> NetProxy:
         return self

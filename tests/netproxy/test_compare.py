@@ -8,6 +8,10 @@ import struct
 import threading
 import time
 
+import pytest
+
+from colo_plane.native import ArmWhy, Disarmed
+from colo_plane.native.arm import Arm
 from colo_plane.native.netproxy import NetProxy, NetProxyConfig, NetRole, open_port
 from colo_plane.netlab import netns
 from tests.netproxy.conftest import PORT, MakePair
@@ -118,3 +122,24 @@ def test_compare_resumes_in_step_after_a_checkpoint(lab: netns.Lab) -> None:
     finally:
         p.close()
         s.close()
+
+
+def test_a_divergence_starts_the_armed_checkpoint(make_pair: MakePair) -> None:
+    pair = make_pair(secondary_random=1.0)
+    arm = Arm()
+    pair.primary.set_arm(arm)
+    with pair.lab.connect(PORT) as c:
+        # Nothing diverged yet: the armed wait runs to its timer.
+        assert arm.await_divergence(1, 0.3).why is ArmWhy.TIMER
+        c.sendall(b"SET a 1\n")
+        res = arm.await_divergence(2, 5.0)
+        assert res.why is ArmWhy.DIVERGENCE
+        # Still held: the next armed wait starts at once, until a checkpoint.
+        assert arm.await_divergence(3, 5.0).why is ArmWhy.DIVERGENCE
+        pair.primary.checkpoint_done(3, pair.primary.last_seq)
+        c.settimeout(5.0)
+        assert c.recv(100) == b"OK 00000000\n"
+        assert arm.await_divergence(4, 0.3).why is ArmWhy.TIMER
+    pair.primary.unprotect()
+    with pytest.raises(Disarmed):
+        arm.await_divergence(5, 1.0)
