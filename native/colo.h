@@ -457,6 +457,130 @@ int colo_mirror_done_fd(const colo_mirror *m);
 int colo_mirror_result(colo_mirror *m, int *finished, uint64_t *served, uint64_t *skipped,
                        char *detail, uint64_t cap);
 
+/* ---- the NIC proxy (netport.c, netframe.c, nettable.c, tcpcompare.c,
+ *      rewriter.c, netproxy.c) ------------------------------------------- */
+
+/* COLO for a real guest's network (docs/proxy.md, "the NIC path"): the
+ * agent sits on the guest's NIC (a Xen vif, a tap, a veth) with AF_PACKET
+ * sockets, one thread a proxy, no frame crossing Python.
+ *
+ * Primary: every frame from the uplink is given to the primary guest,
+ * numbered (its ingress seq), and forwarded in order over the link to the
+ * secondary.  What the primary guest sends is held and compared with what
+ * the secondary's guest sends: TCP by payload per connection in sequence
+ * order, UDP and ICMP by payload per flow, ARP and non-IPv4 passed as they
+ * are; equal -> released to the uplink.  Different, missing past the
+ * compare timeout, or not comparable (IPv4 fragments) -> the connection's
+ * output is held until colo_np_checkpoint_done of a checkpoint whose
+ * last_seq covers it, and a divergence is reported (one place:
+ * np_report_divergence in netproxy.c).
+ *
+ * Secondary: injects the forwarded frames into its guest, and sends what
+ * its guest sends back over the link; its rewriter maps each connection's
+ * sequence numbers onto the primary's (per-connection ISN offset) both
+ * ways.  Promoted, it bridges its guest to an uplink, rewriting still.
+ *
+ * The link is a connected stream socket the caller authenticated (the
+ * pair's proxy link); a malformed frame on it drops the link, and the
+ * primary then holds every output until a checkpoint or unprotect. */
+
+#define COLO_NP_MAX_FRAME 65664     /* largest frame: a 64 KiB GSO super-frame and its headers */
+
+enum colo_np_role {
+    COLO_NP_PRIMARY = 1,
+    COLO_NP_SECONDARY = 2
+};
+
+/* Compare results and drops by protocol: index with enum colo_np_proto. */
+enum colo_np_proto {
+    COLO_NP_TCP = 0,
+    COLO_NP_UDP = 1,
+    COLO_NP_ICMP = 2,
+    COLO_NP_OTHER = 3,     /* ARP, IPv6, anything not IPv4 TCP/UDP/ICMP */
+    COLO_NP_NPROTO = 4
+};
+
+enum colo_np_reason {
+    COLO_NP_MISMATCH = 1,      /* the secondary sent other bytes */
+    COLO_NP_TIMEOUT = 2,       /* the secondary's output missing past the timeout */
+    COLO_NP_UNCOMPARABLE = 3,  /* an output that cannot be compared (an IPv4 fragment) */
+    COLO_NP_LINK = 4           /* the link is down: nothing can be compared */
+};
+
+struct colo_np_config {
+    uint32_t role;               /* enum colo_np_role */
+    uint32_t compare_timeout_ms; /* primary: secondary output missing past it diverges */
+    uint32_t max_conns;          /* connection table bound (oldest idle evicted) */
+    uint32_t max_held_bytes;     /* primary: bound on held output bytes (past it frames dropped) */
+    uint32_t conn_buf_max;       /* primary: unmatched bytes a connection keeps a side */
+    uint32_t keep_offsets;       /* secondary: 1 = checkpoints copy no guest TCP state
+                                  * (namespace stand-ins): offsets and forwarded frames are
+                                  * kept; 0 = a VM checkpoint copies it: offsets reset, frames
+                                  * at or below its last_seq dropped */
+};
+
+struct colo_np_stats {
+    uint64_t ingress;            /* frames from the uplink given to the guest (primary: last_seq) */
+    uint64_t egress;             /* frames the guest sent */
+    uint64_t released;           /* primary: frames released to the uplink */
+    uint64_t held;               /* primary: frames held now */
+    uint64_t held_bytes;         /* primary: their bytes */
+    uint64_t equal[4];           /* frames released by an equal compare, by protocol */
+    uint64_t passed[4];          /* released uncompared (ARP, non-IPv4), by protocol */
+    uint64_t mismatch[4];        /* divergences, by protocol and reason */
+    uint64_t timeout[4];
+    uint64_t uncomparable[4];
+    uint64_t ckpt_released;      /* frames a checkpoint released */
+    uint64_t conns;              /* connection (or rewriter) entries now */
+    uint64_t evicted;            /* idle entries evicted at the bound */
+    uint64_t table_full;         /* frames dropped: no entry could be made */
+    uint64_t drop_runt;          /* frames shorter than an Ethernet header */
+    uint64_t drop_malformed;     /* IPv4 with a bad header or lengths */
+    uint64_t drop_held_full;     /* output dropped at max_held_bytes or conn_buf_max */
+    uint64_t drop_ring;          /* the kernel's socket drops (PACKET_STATISTICS) */
+    uint64_t drop_link;          /* frames not forwarded: no link */
+    uint64_t drop_covered;       /* secondary: forwarded frames a checkpoint already covered */
+    uint64_t rewritten;          /* secondary: frames whose seq or ack was rewritten */
+    uint64_t link_lost;          /* links dropped (malformed frame, I/O error, EOF) */
+    uint64_t divergences;        /* divergences reported */
+    uint64_t checkpoints;        /* colo_np_checkpoint_done calls */
+};
+
+typedef struct colo_np colo_np;
+
+/* An AF_PACKET socket on ifname (with virtio-net headers, so GSO frames
+ * and partial checksums pass as they are), in the network namespace at
+ * netns_path (NULL: the caller's).  A missing interface is COLO_E_NOT_FOUND. */
+int colo_np_port_open(const char *netns_path, const char *ifname, int *fd);
+/* guest_fd, uplink_fd: ports (taken over).  Secondary: uplink_fd -1 until
+ * promoted.  The thread starts at once; frames flow from attach on
+ * (primary unattached: unprotected, its output goes straight out). */
+int colo_np_new(const struct colo_np_config *cfg, int guest_fd, int uplink_fd, colo_np **out);
+void colo_np_free(colo_np *np);
+/* The link to the peer (taken over).  Primary: compare from now on. */
+int colo_np_attach(colo_np *np, int link_fd);
+/* Primary: report divergences into arm (the checkpoint side's, arm.c),
+ * which must outlive the proxy: each diverged connection is one held
+ * output until a checkpoint (or unprotect) lets its output go; whether a
+ * secondary is attached is told too.  NULL: none. */
+int colo_np_set_arm(colo_np *np, colo_arm *arm);
+/* Readable (an eventfd) on each divergence and each lost link. */
+int colo_np_event_fd(const colo_np *np);
+/* Primary: the last ingress frame given to the guest (a checkpoint taken
+ * now covers every output up to it). */
+uint64_t colo_np_last_seq(colo_np *np);
+/* Primary: SECONDARY_RESUMED of checkpoint epoch, covering every ingress
+ * frame <= last_seq: output sent before that point is released.
+ * Secondary (unless keep_offsets): forwarded frames <= last_seq are
+ * dropped from now on, and offsets reset. */
+void colo_np_checkpoint_done(colo_np *np, uint64_t epoch, uint64_t last_seq);
+/* Primary: output goes straight out; everything held released (*released). */
+void colo_np_unprotect(colo_np *np, uint64_t *released);
+/* Secondary: become the primary unprotected on uplink_fd (taken over),
+ * still rewriting the connections it knows. */
+int colo_np_promote(colo_np *np, int uplink_fd);
+void colo_np_stats(colo_np *np, struct colo_np_stats *out);
+
 /* ---- one checkpoint a call (checkpoint.c) ------------------------------- */
 
 /* Each side's steps of a checkpoint in one call, so a paused guest never

@@ -136,6 +136,21 @@ def test_a_xen_domain_here_cannot_open_or_backend_not_built(agents: StartAgent) 
         assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "BACKEND_NOT_BUILT")
 
 
+def test_a_spec_naming_a_missing_nic_no_nic(agents: StartAgent) -> None:
+    """spec.network names a guest NIC this host does not have: refused when
+    the pair is set up, naming it, and nothing is left held."""
+    a = agents("host-a")
+    spec = agent_spec("vm1", pages=256)
+    spec.network.interface = "vif99.0"
+    spec.network.uplink = "lo"
+    req = colo_pb2.PrepareSecondaryRequest(
+        domain="vm1", generation=1, epoch=1, spec=spec, pair_secret=b"s" * 32
+    )
+    code, reason, _ = refusal(lambda: a.stub.PrepareSecondary(req, timeout=10))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_NIC")
+    assert not a.stub.GetStatus(colo_pb2.GetStatusRequest(), timeout=5).domains
+
+
 # -- the coordinator -------------------------------------------------------------------
 
 
