@@ -1,4 +1,4 @@
-"""The NIC path's tests: two namespaces as the two guests (colo_plane.netlab)."""
+"""The NIC path's tests: two namespaces as the two guests (colo_plane.tools.netlab)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from colo_plane.native.netproxy import NetProxy, NetProxyConfig, NetRole, open_port
-from colo_plane.netlab import netns
+from colo_plane.tools.netlab import netns
 
 PORT = 7000
 _tags = itertools.count()

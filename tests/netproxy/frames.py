@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from colo_plane.netlab import netns
+from colo_plane.tools.netlab import netns
 
 
 def mac(text: str) -> bytes:

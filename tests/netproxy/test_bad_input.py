@@ -9,7 +9,7 @@ import struct
 import time
 
 from colo_plane.native.netproxy import NetProxy, NetProxyConfig, NetRole, open_port
-from colo_plane.netlab import netns
+from colo_plane.tools.netlab import netns
 from tests.netproxy import frames
 from tests.netproxy.conftest import PORT, MakePair
 

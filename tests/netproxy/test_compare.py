@@ -13,7 +13,7 @@ import pytest
 from colo_plane.native import ArmWhy, Disarmed
 from colo_plane.native.arm import Arm
 from colo_plane.native.netproxy import NetProxy, NetProxyConfig, NetRole, open_port
-from colo_plane.netlab import netns
+from colo_plane.tools.netlab import netns
 from tests.netproxy.conftest import PORT, MakePair
 
 

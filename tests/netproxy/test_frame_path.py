@@ -9,7 +9,7 @@ import pytest
 
 from colo_plane.native.errors import BackendError
 from colo_plane.native.netproxy import open_port
-from colo_plane.netlab import netns
+from colo_plane.tools.netlab import netns
 from tests.netproxy.conftest import PORT, MakePair
 
 CLIENTS = 16

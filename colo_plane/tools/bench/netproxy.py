@@ -1,6 +1,6 @@
 """`colo bench netproxy`: the NIC path against a straight veth, same run.
 
-The namespace lab (colo_plane.netlab) with its key-value server in both
+The namespace lab (colo_plane.tools.netlab) with its key-value server in both
 guests.  Baseline: the uplink and the primary guest's veth bridged, no
 proxy.  Subject: the same veths through the NIC proxy pair at 0 %
 divergence (every reply compared against the secondary's and released).
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from colo_plane.native.netproxy import NetProxy, NetProxyConfig, NetRole, open_port
-from colo_plane.netlab import netns
 from colo_plane.tools.bench import harness
+from colo_plane.tools.netlab import netns
 
 PORT = 7000
 ROUNDS = 5

@@ -4,7 +4,7 @@ Lines in, lines out: ``SET k v`` -> ``OK r``, ``GET k`` -> ``VAL v r``,
 ``ECHO n`` then n bytes -> the same n bytes, ``BULK n`` -> n bytes of a
 fixed pattern.  r is ``00000000``, or with probability --random 8 random
 hex digits: the nondeterministic field two guests disagree on.  Run in a
-namespace: ``python -m colo_plane.netlab.kvserver --port 7000``.
+namespace: ``python -m colo_plane.tools.netlab.kvserver --port 7000``.
 """
 
 from __future__ import annotations

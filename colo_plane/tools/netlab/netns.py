@@ -117,7 +117,7 @@ class Lab:
                 ns,
                 sys.executable,
                 "-m",
-                "colo_plane.netlab.kvserver",
+                "colo_plane.tools.netlab.kvserver",
                 "--port",
                 str(port),
                 "--random",
