@@ -1,5 +1,7 @@
 # The README's commands.  Every target sets up what it needs: a fresh machine
-# with python3, gcc and make is enough.
+# with python3, gcc and make is enough, and for `make test` the two system
+# tools the deploy tests run, promtool and systemd-analyze (Debian's
+# prometheus and systemd packages: .ci/run installs them).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

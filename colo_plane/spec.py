@@ -238,6 +238,26 @@ def check_spec(spec: colo_pb2.DomainSpec) -> None:
     CHECKPOINT_TIMEOUT.check(spec.checkpoint_timeout)
     SERVICE_PORT.check(spec.service.port)
     REPLY_TIMEOUT.check(spec.service.reply_timeout)
+    if spec.HasField("network"):
+        check_ifname(spec.network.interface, field="spec.network.interface")
+        check_ifname(spec.network.uplink, field="spec.network.uplink")
+
+
+IFNAME_BYTES = 15  # Linux's IFNAMSIZ less its NUL
+
+
+def check_ifname(name: str, *, field: str) -> str:
+    """A Linux interface name: 1..15 bytes, no '/', no whitespace, not '.' or '..'."""
+    if (
+        not 0 < len(name.encode()) <= IFNAME_BYTES
+        or "/" in name
+        or any(c.isspace() for c in name)
+        or (name in (".", ".."))
+    ):
+        raise BoundError(
+            field, f"a network interface name of 1..{IFNAME_BYTES} bytes, no '/' or spaces", name
+        )
+    return name
 
 
 def _check_sim(sim: colo_pb2.SimDomainSpec) -> None:

@@ -28,9 +28,16 @@ SOURCES = [
     "service.c",
     "stream.c",
     "checkpoint.c",
+    "arm.c",
     "proxyio.c",
     "proxy.c",
     "mirror.c",
+    "netport.c",  # the NIC proxy: AF_PACKET ports, frames, flows, compare, rewrite, thread
+    "netframe.c",
+    "nettable.c",
+    "tcpcompare.c",
+    "rewriter.c",
+    "netproxy.c",
     "bench.c",
     "xen.c",  # the backend where xenctrl.h is, its "not built" stubs elsewhere
 ]

@@ -291,6 +291,59 @@ void colo_reader_set_verify_buffer(colo_reader *r, uint64_t *page_hashes);
 void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
                       uint64_t *pfns, uint64_t cap, uint64_t *count);
 
+/* ---- the armed checkpoint (arm.c) --------------------------------------- */
+
+/* Armed checkpoints (docs/protocol.md): the coordinator hands the primary
+ * an epoch ahead of time, and the checkpoint starts the moment an output
+ * diverges, with no round trip through the coordinator.  The arm is the
+ * checkpoint side's: the agent waits on it, and each output comparer (the
+ * sim proxy today; any other, such as a NIC-level proxy, the same way)
+ * only reports into it.  colo_arm_await blocks until a diverged output is
+ * held (DIVERGENCE), colo_arm_fire(token) is called (FIRED) or timeout_ms
+ * passes (TIMER); it fails with COLO_E_DISARMED on colo_arm_disarm(token)
+ * or while the comparer says it is not comparing (detached, unprotected,
+ * link lost, closing; a new arm: no comparer yet).  token (the epoch)
+ * keeps a late fire or disarm from touching the next wait.  The calls are
+ * thread-safe; free only with no await in flight and no comparer left. */
+
+typedef struct colo_arm colo_arm;
+
+enum colo_arm_why {
+    COLO_ARM_NONE = 0,
+    COLO_ARM_DIVERGENCE = 1,
+    COLO_ARM_TIMER = 2,
+    COLO_ARM_FIRED = 3
+};
+
+struct colo_arm_result {
+    uint32_t why;            /* enum colo_arm_why */
+    uint32_t reason;         /* the newest divergence's reason (enum colo_proxy_reason) */
+    uint64_t seq;            /* ... and its seq */
+    uint64_t t_ns;           /* CLOCK_MONOTONIC when the wait ended */
+};
+
+int colo_arm_new(colo_arm **out);
+void colo_arm_free(colo_arm *a);
+int colo_arm_await(colo_arm *a, uint64_t token, uint32_t timeout_ms, struct colo_arm_result *out);
+void colo_arm_fire(colo_arm *a, uint64_t token);
+void colo_arm_disarm(colo_arm *a, uint64_t token);
+
+/* What an output comparer reports, from any thread, under its own locks
+ * if it likes (the arm takes only its own and calls nothing back).  One
+ * comparer reports into an arm at a time.
+ * diverged: one output is held from now on, until a checkpoint covers it:
+ *   seq numbers it in the comparer's order, reason is MISMATCH (the
+ *   secondary's output differs) or TIMEOUT (it gave none in time).
+ *   An armed checkpoint starts at once, and at every await while held.
+ * released: n held outputs left (a checkpoint covered them, or unprotect).
+ * comparing: NULL or "" once the comparer compares (a secondary is
+ *   attached); else why it cannot (no divergence can come): an await then
+ *   fails with that text.  A comparer that goes away releases what it
+ *   held and says why it stopped. */
+void colo_arm_diverged(colo_arm *a, uint64_t seq, uint32_t reason);
+void colo_arm_released(colo_arm *a, uint64_t n);
+void colo_arm_comparing(colo_arm *a, const char *stopped);
+
 /* ---- the COLO proxy (proxy.c, mirror.c) ---------------------------------- */
 
 /* The proxy's data path (docs/design.md §5), on a thread of its own so no
@@ -307,8 +360,11 @@ void colo_hashes_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
  * reply_timeout_ms -> held, and a HOLD event asks for a checkpoint.  A
  * checkpoint whose state includes a request releases it
  * (colo_proxy_checkpoint_done).  Replies leave each connection in request
- * order.  Events are queued; event_fd (an eventfd) becomes readable when the
- * queue gets its first one.  The proxy owns every fd handed to it.
+ * order.  Given an arm (NULL: none), the proxy reports into it each held
+ * reply, each release and whether it compares: nothing more (the
+ * checkpoint side owns the arm).  Events are queued; event_fd (an eventfd)
+ * becomes readable when the queue gets its first one.  The proxy owns
+ * every fd handed to it.
  *
  * Backpressure: a client's unsent output (replies written to no socket yet,
  * held ones included) is bounded by output_max bytes.  Past it the proxy
@@ -363,9 +419,10 @@ struct colo_proxy_stats {
  * sleeps (yielding the CPU between polls).  A request then finds it awake:
  * on a host whose CPUs idle between requests, each wake-up from sleep costs
  * more than the request itself.  0: always sleep.  output_max: the bound on
- * each client's unsent output, at least COLO_PROXY_OUTPUT_MIN. */
+ * each client's unsent output, at least COLO_PROXY_OUTPUT_MIN.  arm:
+ * where held replies are reported (it must outlive the proxy), or NULL. */
 int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, uint32_t poll_us,
-                   uint32_t output_max, colo_proxy **out);
+                   uint32_t output_max, colo_arm *arm, colo_proxy **out);
 /* Stops the thread and closes every fd (clients, link, listener). */
 void colo_proxy_free(colo_proxy *p);
 int colo_proxy_event_fd(const colo_proxy *p);
@@ -380,32 +437,6 @@ void colo_proxy_checkpoint_done(colo_proxy *p, uint64_t epoch, uint64_t last_seq
 /* Takes up to cap queued events, oldest first; reads the eventfd clear. */
 void colo_proxy_events(colo_proxy *p, struct colo_proxy_event *out, uint64_t cap, uint64_t *n);
 void colo_proxy_stats(colo_proxy *p, struct colo_proxy_stats *out);
-
-/* Armed checkpoints (docs/protocol.md): the coordinator hands the primary
- * an epoch ahead of time, and the checkpoint starts the moment a reply is
- * held, with no round trip through the coordinator.  colo_proxy_await
- * blocks until a reply is held (DIVERGENCE), colo_proxy_fire(token) is
- * called (FIRED) or timeout_ms passes (TIMER); it fails with
- * COLO_E_DISARMED on colo_proxy_disarm(token), detach, unprotect, a lost
- * link or free.  token (the epoch) keeps a late fire or disarm from
- * touching the next wait. */
-enum colo_arm_why {
-    COLO_ARM_NONE = 0,
-    COLO_ARM_DIVERGENCE = 1,
-    COLO_ARM_TIMER = 2,
-    COLO_ARM_FIRED = 3
-};
-
-struct colo_arm_result {
-    uint32_t why;            /* enum colo_arm_why */
-    uint32_t reason;         /* DIVERGENCE: enum colo_proxy_reason of the newest held reply */
-    uint64_t seq;            /* ... and its seq */
-    uint64_t t_ns;           /* CLOCK_MONOTONIC when the wait ended */
-};
-
-int colo_proxy_await(colo_proxy *p, uint64_t token, uint32_t timeout_ms, struct colo_arm_result *out);
-void colo_proxy_fire(colo_proxy *p, uint64_t token);
-void colo_proxy_disarm(colo_proxy *p, uint64_t token);
 
 /* Secondary (colo_mirror): runs the primary's framed requests on the
  * secondary guest in order and frames each reply back; a request the guest
@@ -425,6 +456,130 @@ int colo_mirror_done_fd(const colo_mirror *m);
  * primary closed it) and detail (cap bytes) says what failed. */
 int colo_mirror_result(colo_mirror *m, int *finished, uint64_t *served, uint64_t *skipped,
                        char *detail, uint64_t cap);
+
+/* ---- the NIC proxy (netport.c, netframe.c, nettable.c, tcpcompare.c,
+ *      rewriter.c, netproxy.c) ------------------------------------------- */
+
+/* COLO for a real guest's network (docs/proxy.md, "the NIC path"): the
+ * agent sits on the guest's NIC (a Xen vif, a tap, a veth) with AF_PACKET
+ * sockets, one thread a proxy, no frame crossing Python.
+ *
+ * Primary: every frame from the uplink is given to the primary guest,
+ * numbered (its ingress seq), and forwarded in order over the link to the
+ * secondary.  What the primary guest sends is held and compared with what
+ * the secondary's guest sends: TCP by payload per connection in sequence
+ * order, UDP and ICMP by payload per flow, ARP and non-IPv4 passed as they
+ * are; equal -> released to the uplink.  Different, missing past the
+ * compare timeout, or not comparable (IPv4 fragments) -> the connection's
+ * output is held until colo_np_checkpoint_done of a checkpoint whose
+ * last_seq covers it, and a divergence is reported (one place:
+ * np_report_divergence in netproxy.c).
+ *
+ * Secondary: injects the forwarded frames into its guest, and sends what
+ * its guest sends back over the link; its rewriter maps each connection's
+ * sequence numbers onto the primary's (per-connection ISN offset) both
+ * ways.  Promoted, it bridges its guest to an uplink, rewriting still.
+ *
+ * The link is a connected stream socket the caller authenticated (the
+ * pair's proxy link); a malformed frame on it drops the link, and the
+ * primary then holds every output until a checkpoint or unprotect. */
+
+#define COLO_NP_MAX_FRAME 65664     /* largest frame: a 64 KiB GSO super-frame and its headers */
+
+enum colo_np_role {
+    COLO_NP_PRIMARY = 1,
+    COLO_NP_SECONDARY = 2
+};
+
+/* Compare results and drops by protocol: index with enum colo_np_proto. */
+enum colo_np_proto {
+    COLO_NP_TCP = 0,
+    COLO_NP_UDP = 1,
+    COLO_NP_ICMP = 2,
+    COLO_NP_OTHER = 3,     /* ARP, IPv6, anything not IPv4 TCP/UDP/ICMP */
+    COLO_NP_NPROTO = 4
+};
+
+enum colo_np_reason {
+    COLO_NP_MISMATCH = 1,      /* the secondary sent other bytes */
+    COLO_NP_TIMEOUT = 2,       /* the secondary's output missing past the timeout */
+    COLO_NP_UNCOMPARABLE = 3,  /* an output that cannot be compared (an IPv4 fragment) */
+    COLO_NP_LINK = 4           /* the link is down: nothing can be compared */
+};
+
+struct colo_np_config {
+    uint32_t role;               /* enum colo_np_role */
+    uint32_t compare_timeout_ms; /* primary: secondary output missing past it diverges */
+    uint32_t max_conns;          /* connection table bound (oldest idle evicted) */
+    uint32_t max_held_bytes;     /* primary: bound on held output bytes (past it frames dropped) */
+    uint32_t conn_buf_max;       /* primary: unmatched bytes a connection keeps a side */
+    uint32_t keep_offsets;       /* secondary: 1 = checkpoints copy no guest TCP state
+                                  * (namespace stand-ins): offsets and forwarded frames are
+                                  * kept; 0 = a VM checkpoint copies it: offsets reset, frames
+                                  * at or below its last_seq dropped */
+};
+
+struct colo_np_stats {
+    uint64_t ingress;            /* frames from the uplink given to the guest (primary: last_seq) */
+    uint64_t egress;             /* frames the guest sent */
+    uint64_t released;           /* primary: frames released to the uplink */
+    uint64_t held;               /* primary: frames held now */
+    uint64_t held_bytes;         /* primary: their bytes */
+    uint64_t equal[4];           /* frames released by an equal compare, by protocol */
+    uint64_t passed[4];          /* released uncompared (ARP, non-IPv4), by protocol */
+    uint64_t mismatch[4];        /* divergences, by protocol and reason */
+    uint64_t timeout[4];
+    uint64_t uncomparable[4];
+    uint64_t ckpt_released;      /* frames a checkpoint released */
+    uint64_t conns;              /* connection (or rewriter) entries now */
+    uint64_t evicted;            /* idle entries evicted at the bound */
+    uint64_t table_full;         /* frames dropped: no entry could be made */
+    uint64_t drop_runt;          /* frames shorter than an Ethernet header */
+    uint64_t drop_malformed;     /* IPv4 with a bad header or lengths */
+    uint64_t drop_held_full;     /* output dropped at max_held_bytes or conn_buf_max */
+    uint64_t drop_ring;          /* the kernel's socket drops (PACKET_STATISTICS) */
+    uint64_t drop_link;          /* frames not forwarded: no link */
+    uint64_t drop_covered;       /* secondary: forwarded frames a checkpoint already covered */
+    uint64_t rewritten;          /* secondary: frames whose seq or ack was rewritten */
+    uint64_t link_lost;          /* links dropped (malformed frame, I/O error, EOF) */
+    uint64_t divergences;        /* divergences reported */
+    uint64_t checkpoints;        /* colo_np_checkpoint_done calls */
+};
+
+typedef struct colo_np colo_np;
+
+/* An AF_PACKET socket on ifname (with virtio-net headers, so GSO frames
+ * and partial checksums pass as they are), in the network namespace at
+ * netns_path (NULL: the caller's).  A missing interface is COLO_E_NOT_FOUND. */
+int colo_np_port_open(const char *netns_path, const char *ifname, int *fd);
+/* guest_fd, uplink_fd: ports (taken over).  Secondary: uplink_fd -1 until
+ * promoted.  The thread starts at once; frames flow from attach on
+ * (primary unattached: unprotected, its output goes straight out). */
+int colo_np_new(const struct colo_np_config *cfg, int guest_fd, int uplink_fd, colo_np **out);
+void colo_np_free(colo_np *np);
+/* The link to the peer (taken over).  Primary: compare from now on. */
+int colo_np_attach(colo_np *np, int link_fd);
+/* Primary: report divergences into arm (the checkpoint side's, arm.c),
+ * which must outlive the proxy: each diverged connection is one held
+ * output until a checkpoint (or unprotect) lets its output go; whether a
+ * secondary is attached is told too.  NULL: none. */
+int colo_np_set_arm(colo_np *np, colo_arm *arm);
+/* Readable (an eventfd) on each divergence and each lost link. */
+int colo_np_event_fd(const colo_np *np);
+/* Primary: the last ingress frame given to the guest (a checkpoint taken
+ * now covers every output up to it). */
+uint64_t colo_np_last_seq(colo_np *np);
+/* Primary: SECONDARY_RESUMED of checkpoint epoch, covering every ingress
+ * frame <= last_seq: output sent before that point is released.
+ * Secondary (unless keep_offsets): forwarded frames <= last_seq are
+ * dropped from now on, and offsets reset. */
+void colo_np_checkpoint_done(colo_np *np, uint64_t epoch, uint64_t last_seq);
+/* Primary: output goes straight out; everything held released (*released). */
+void colo_np_unprotect(colo_np *np, uint64_t *released);
+/* Secondary: become the primary unprotected on uplink_fd (taken over),
+ * still rewriting the connections it knows. */
+int colo_np_promote(colo_np *np, int uplink_fd);
+void colo_np_stats(colo_np *np, struct colo_np_stats *out);
 
 /* ---- one checkpoint a call (checkpoint.c) ------------------------------- */
 

@@ -202,6 +202,11 @@ int colo_io_write_all(int fd, const void *buf, size_t len, int timeout_ms);
 int colo_io_read_all(int fd, void *buf, size_t len, int timeout_ms, int at_boundary);
 int colo_io_readv_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms);
 
+/* ---- the arm (arm.c) ------------------------------------------------------ */
+
+/* What an arm's await says until a comparer first reports its state. */
+#define COLO_ARM_NO_COMPARER "no output comparer reports to it"
+
 /* ---- proxy byte queues and link frames (proxyio.c) --------------------- */
 
 #define COLO_PX_FRAME_HEAD 12       /* u64 seq, u32 length, big-endian */

@@ -6,7 +6,9 @@
  * live requests are (lo, last_seq], at most RING of them (past that the
  * proxy stops reading clients until the oldest is answered).  Each client's
  * unsent output (its replies not yet written, held ones too) is bounded by
- * output_max: past it that client alone is read no further until it reads. */
+ * output_max: past it that client alone is read no further until it reads.
+ * A held reply is reported to the checkpoint side's arm (arm.c), which
+ * starts an armed checkpoint; the proxy drives no checkpoint itself. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -64,13 +66,9 @@ struct conn {
 
 struct colo_proxy {
     pthread_mutex_t mu;
-    pthread_cond_t armed;      /* an armed checkpoint waits on it (colo_proxy_await) */
     pthread_t thread;
     int running, stop;
-    uint64_t fire_token;       /* colo_proxy_fire: the armed checkpoint of this token starts now */
-    uint64_t disarm_token;     /* colo_proxy_disarm: ... ends without a checkpoint */
-    uint64_t ask_seq;          /* the newest held reply, and why */
-    uint32_t ask_reason;
+    colo_arm *arm;             /* the checkpoint side's: held replies are reported to it (or NULL) */
     colo_domain *dom;
     int epfd, listen_fd, link_fd, wake_fd, event_fd, sweep_fd, retry_fd;
     uint32_t link_watching, listen_watching, resumed_watching;
@@ -146,6 +144,18 @@ static int nonblocking(int fd)
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
         return colo_fail_errno(COLO_E_INVAL, errno, "fd %d", fd);
     return COLO_OK;
+}
+
+/* ---- what the arm hears ---------------------------------------------------- */
+
+/* Whether replies are compared now, and if not why: the arm's await fails
+ * with it.  Called after every change of stop, unprotected or the link. */
+static void tell_arm(struct colo_proxy *p)
+{
+    if (p->arm != NULL)
+        colo_arm_comparing(p->arm, p->stop ? "the proxy is closing"
+                                   : p->unprotected ? "the domain runs unprotected"
+                                   : p->link_fd < 0 ? "no link to the secondary" : NULL);
 }
 
 /* ---- events to Python ---------------------------------------------------- */
@@ -224,25 +234,27 @@ static void releasable(struct colo_proxy *p, struct entry *e)
     if (e->flags & F_RELEASABLE)
         return;
     e->flags |= F_RELEASABLE;
-    if (e->flags & F_ASKED)
+    if (e->flags & F_ASKED) {
         p->st.held--;
+        if (p->arm != NULL)
+            colo_arm_released(p->arm, 1);
+    }
     if (e->conn != NULL)
         conn_flush(p, e->conn);
     else
         free_entry(p, e);
 }
 
-/* A reply differs or is late: hold it and ask for a checkpoint, once. */
+/* A reply differs or is late: hold it and report the divergence, once. */
 static void ask(struct colo_proxy *p, struct entry *e, uint32_t reason)
 {
     if ((e->flags & (F_ASKED | F_RELEASABLE)) || e->seq <= p->st.covered)
         return;
     e->flags |= F_ASKED;
     p->st.held++;
-    p->ask_seq = e->seq;
-    p->ask_reason = reason;
     hold_event(p, e->seq, reason);
-    pthread_cond_broadcast(&p->armed);  /* an armed checkpoint starts at once */
+    if (p->arm != NULL)
+        colo_arm_diverged(p->arm, e->seq, reason);  /* an armed checkpoint starts at once */
 }
 
 /* One request line into the guest; COLO_E_PAUSED leaves it for later. */
@@ -518,7 +530,7 @@ static void link_lost(struct colo_proxy *p, int code)
     snprintf(ev.detail, sizeof(ev.detail), "%s", colo_last_error());
     link_close(p);
     push_event(p, &ev);
-    pthread_cond_broadcast(&p->armed);
+    tell_arm(p);
 }
 
 static void compare(struct colo_proxy *p, uint64_t seq, const uint8_t *reply, uint32_t len)
@@ -707,17 +719,6 @@ static int open_fds(struct colo_proxy *p)
     return COLO_OK;
 }
 
-/* The armed wait's deadline is on CLOCK_MONOTONIC, as every other time here. */
-static int cond_init(pthread_cond_t *cv)
-{
-    pthread_condattr_t attr;
-    int rc = pthread_condattr_init(&attr);
-    if (rc == 0 && (rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)) == 0)
-        rc = pthread_cond_init(cv, &attr);
-    pthread_condattr_destroy(&attr);
-    return rc == 0 ? COLO_OK : colo_fail_errno(COLO_E_NOMEM, rc, "proxy: condition variable");
-}
-
 static int start_thread(struct colo_proxy *p)
 {
     sigset_t all, old;
@@ -735,7 +736,7 @@ static int start_thread(struct colo_proxy *p)
 }
 
 int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, uint32_t poll_us,
-                   uint32_t output_max, colo_proxy **out)
+                   uint32_t output_max, colo_arm *arm, colo_proxy **out)
 {
     struct colo_proxy *p;
     uint64_t last_seq = 0;
@@ -757,12 +758,6 @@ int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, u
         return colo_fail(COLO_E_NOMEM, "proxy of %u requests", RING);
     }
     pthread_mutex_init(&p->mu, NULL);
-    if ((rc = cond_init(&p->armed)) != COLO_OK) {
-        pthread_mutex_destroy(&p->mu);
-        free(p->ring);
-        free(p);
-        return rc;
-    }
     p->dom = dom;
     p->listen_fd = listen_fd;
     p->resumed_fd = resumed_fd;
@@ -772,8 +767,13 @@ int colo_proxy_new(colo_domain *dom, int listen_fd, uint32_t reply_timeout_ms, u
     p->output_max = output_max;
     p->unprotected = 1;
     p->lo = p->st.last_seq = p->st.covered = last_seq;  /* sequence numbers go on across failovers */
+    p->arm = arm;
+    tell_arm(p);  /* unprotected until attach */
     if ((rc = open_fds(p)) != COLO_OK || (rc = start_thread(p)) != COLO_OK) {
         p->listen_fd = -1;  /* still the caller's on failure */
+        if (arm != NULL)
+            colo_arm_comparing(arm, COLO_ARM_NO_COMPARER);  /* as it was: nobody compares */
+        p->arm = NULL;
         colo_proxy_free(p);
         return rc;
     }
@@ -795,7 +795,7 @@ void colo_proxy_free(colo_proxy *p)
     if (p->running) {
         pthread_mutex_lock(&p->mu);
         p->stop = 1;
-        pthread_cond_broadcast(&p->armed);
+        tell_arm(p);
         pthread_mutex_unlock(&p->mu);
         if (write(p->wake_fd, &one, sizeof(one)) < 0) {
             /* the eventfd cannot be full; the join below would show it */
@@ -811,7 +811,8 @@ void colo_proxy_free(colo_proxy *p)
     close_fd(p->event_fd);
     close_fd(p->sweep_fd);
     close_fd(p->retry_fd);
-    pthread_cond_destroy(&p->armed);
+    if (p->arm != NULL)
+        colo_arm_released(p->arm, p->st.held);  /* they leave with the proxy */
     pthread_mutex_destroy(&p->mu);
     free(p->events);
     free(p->ring);
@@ -835,6 +836,7 @@ int colo_proxy_attach(colo_proxy *p, int link_fd)
         p->link_watching = EPOLLIN;
         p->unprotected = 0;
     }
+    tell_arm(p);
     pthread_mutex_unlock(&p->mu);
     return rc;
 }
@@ -843,7 +845,7 @@ void colo_proxy_detach(colo_proxy *p)
 {
     pthread_mutex_lock(&p->mu);
     link_close(p);
-    pthread_cond_broadcast(&p->armed);
+    tell_arm(p);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -852,7 +854,7 @@ void colo_proxy_unprotect(colo_proxy *p, uint64_t *released)
     uint64_t n = 0;
     pthread_mutex_lock(&p->mu);
     p->unprotected = 1;
-    pthread_cond_broadcast(&p->armed);
+    tell_arm(p);
     for (uint64_t seq = p->lo + 1; seq <= p->st.last_seq; seq++) {
         struct entry *e = &p->ring[seq & (RING - 1)];
         if ((e->flags & F_LIVE) && !(e->flags & F_RELEASABLE)) {
@@ -915,62 +917,3 @@ void colo_proxy_stats(colo_proxy *p, struct colo_proxy_stats *out)
     }
     pthread_mutex_unlock(&p->mu);
 }
-
-/* ---- armed checkpoints --------------------------------------------------- */
-
-/* Why an armed wait ends now, or 0 to wait on; *rc is set when it ends without a checkpoint. */
-static uint32_t armed_outcome(struct colo_proxy *p, uint64_t token, int *rc)
-{
-    if (p->stop || p->unprotected || p->link_fd < 0 || p->disarm_token == token) {
-        *rc = colo_fail(COLO_E_DISARMED, "armed checkpoint %llu: %s", (unsigned long long)token,
-                        p->stop ? "the proxy is closing" : p->unprotected ? "the domain runs unprotected"
-                        : p->link_fd < 0 ? "no link to the secondary" : "disarmed");
-        return COLO_ARM_NONE;
-    }
-    if (p->st.held)
-        return COLO_ARM_DIVERGENCE;
-    if (p->fire_token == token)
-        return COLO_ARM_FIRED;
-    return 0;
-}
-
-int colo_proxy_await(colo_proxy *p, uint64_t token, uint32_t timeout_ms, struct colo_arm_result *out)
-{
-    struct timespec until;
-    int rc = COLO_OK, waited = 0;
-    memset(out, 0, sizeof(*out));
-    if (token == 0)
-        return colo_fail(COLO_E_INVAL, "armed checkpoint: token 0");
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&p->mu);
-    while ((out->why = armed_outcome(p, token, &rc)) == 0 && rc == COLO_OK) {
-        if (waited == ETIMEDOUT) {
-            out->why = COLO_ARM_TIMER;
-            break;
-        }
-        waited = pthread_cond_timedwait(&p->armed, &p->mu, &until);
-    }
-    out->seq = p->ask_seq;
-    out->reason = p->ask_reason;
-    pthread_mutex_unlock(&p->mu);
-    out->t_ns = colo_now_ns();
-    return rc;
-}
-
-static void arm_signal(colo_proxy *p, uint64_t *slot, uint64_t token)
-{
-    pthread_mutex_lock(&p->mu);
-    *slot = token;
-    pthread_cond_broadcast(&p->armed);
-    pthread_mutex_unlock(&p->mu);
-}
-
-void colo_proxy_fire(colo_proxy *p, uint64_t token) { arm_signal(p, &p->fire_token, token); }
-
-void colo_proxy_disarm(colo_proxy *p, uint64_t token) { arm_signal(p, &p->disarm_token, token); }

@@ -17,13 +17,14 @@ from colo_plane import addresses, metrics, native
 from colo_plane import spec as bounds
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
 from colo_plane.agent import datalink, domains, handshake, proxy
+from colo_plane.agent.arming import Arming, started_by
 from colo_plane.agent.flags import POLL_US
 from colo_plane.agent.primary import Outcome, PrimaryLink
-from colo_plane.agent.replica import Armed, Replica
+from colo_plane.agent.replica import Replica
 from colo_plane.agent.secondary import ProtocolError
 from colo_plane.agent.syncpoints import Role, SyncSink
 from colo_plane.native import TestHooks
-from colo_plane.rpc import RpcError, fail, seconds
+from colo_plane.rpc import fail, seconds
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,6 @@ FIRST_BOOT_TIMEOUT = 120.0
 CHECKPOINT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 REPLY_TIMEOUT = 0.5  # the secondary's reply, before the primary asks for a checkpoint
-RPC_TIMEOUT = 2.0
-ARMED_TRIGGERS = {
-    native.ArmWhy.DIVERGENCE: colo_pb2.CHECKPOINT_TRIGGER_REQUEST,
-    native.ArmWhy.TIMER: colo_pb2.CHECKPOINT_TRIGGER_TIMER,
-    native.ArmWhy.FIRED: colo_pb2.CHECKPOINT_TRIGGER_MANUAL,
-}
-PROXY_REASONS = {
-    "mismatch": colo_pb2.CHECKPOINT_REQUEST_REASON_OUTPUT_MISMATCH,
-    "timeout": colo_pb2.CHECKPOINT_REQUEST_REASON_REPLY_TIMEOUT,
-}
 SECRET_BYTES = 32
 
 
@@ -322,10 +313,16 @@ class AgentCore:
         if replica.proxy is not None:
             return
         spec = replica.spec.service
+        replica.arming = Arming(
+            replica.domain,
+            host_id=self.config.host_id,
+            coordinator=self.coordinator,
+            pair=lambda: (replica.generation, replica.epoch),
+        )
         replica.proxy = proxy.PrimaryProxy(
             replica.domain,
             replica.dom,
-            request_checkpoint=lambda seq, reason: self._request_checkpoint(replica, seq, reason),
+            arming=replica.arming,
             reply_timeout=seconds(spec.reply_timeout, REPLY_TIMEOUT),
             poll_us=self.config.poll_us,
         )
@@ -335,38 +332,13 @@ class AgentCore:
                 bound = addresses.join(self.config.advertise_host, addresses.parse(bound)[1])
             replica.service_address = bound
         except OSError as exc:
-            replica.proxy = None
+            replica.proxy = replica.arming = None
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"cannot serve {replica.domain} on {self.config.service_host}:{spec.port}: {exc}",
                 reason=colo_pb2.ERROR_REASON_CANNOT_SERVE,
             )
         log.info("%s: serving clients on %s", replica.domain, replica.service_address)
-
-    async def _request_checkpoint(self, replica: Replica, seq: int, reason: str) -> bool:
-        """Asks the coordinator for a checkpoint including request seq (outputs
-        diverged); True once it took the request."""
-        if self.coordinator is None:
-            return False
-        req = colo_pb2.RequestCheckpointRequest(
-            domain=replica.domain,
-            generation=replica.generation,
-            epoch=replica.epoch,
-            host_id=self.config.host_id,
-            request_seq=seq,
-            reason=PROXY_REASONS[reason],
-        )
-        try:
-            await self.coordinator.RequestCheckpoint(req, timeout=RPC_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
-            log.warning(
-                "%s: checkpoint request for request %d failed: %s",
-                replica.domain,
-                seq,
-                exc.details() or exc.code().name,
-            )
-            return False
-        return True
 
     async def _connect(self, req: colo_pb2.StartPrimaryRequest, secret: bytes, channel: int) -> socket.socket:
         try:
@@ -457,10 +429,9 @@ class AgentCore:
                 "crashed): nothing to checkpoint; the secondary holds the last whole copy",
                 reason=colo_pb2.ERROR_REASON_DOMAIN_GONE,
             )
-        armed = replica.armed
-        if armed is not None and armed.epoch == req.epoch and armed.generation == req.generation:
-            armed.proxy.fire(req.epoch)  # the coordinator wants the armed epoch now
-            return await asyncio.shield(armed.answer)
+        fired = replica.arming.fire(req.epoch, req.generation) if replica.arming is not None else None
+        if fired is not None:
+            return await asyncio.shield(fired)  # the armed call's answer
         link = replica.link
         if link is None or link.broken:
             fail(
@@ -483,7 +454,7 @@ class AgentCore:
                 reason=colo_pb2.ERROR_REASON_BUSY,
             )
         arm = seconds(req.arm, 0.0)
-        if arm and (replica.proxy is None or replica.proxy.data_path is None):
+        if arm and (replica.arming is None or replica.proxy is None or replica.proxy.data_path is None):
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{req.domain} has no proxy here to arm a checkpoint",
@@ -512,8 +483,8 @@ class AgentCore:
         replica.epoch, replica.state = outcome.epoch, colo_pb2.PAIR_STATE_PROTECTED
         replica.checkpoints += 1
         replica.last_stats, replica.last_verify = outcome.stats, outcome.verify
-        if replica.proxy is not None:
-            replica.proxy.covered(outcome.stats.last_seq)  # released in C at SECONDARY_RESUMED
+        if replica.arming is not None:
+            replica.arming.covered(outcome.stats.last_seq)  # released in C at SECONDARY_RESUMED
         return outcome
 
     async def _armed(
@@ -524,37 +495,17 @@ class AgentCore:
         arm: float,
         timeout: float,
     ) -> Outcome:
-        """An armed checkpoint: starts in C at the first held reply, a second
-        call for the epoch, or after arm seconds (docs/protocol.md)."""
-        assert replica.proxy is not None
-        assert replica.proxy.data_path is not None
-        proxy = replica.proxy.data_path
-        answer: asyncio.Future[colo_pb2.AgentCheckpointResponse] = asyncio.get_running_loop().create_future()
-        replica.armed = Armed(req.epoch, req.generation, proxy, answer)
-        replica.proxy.arming(True)
-        try:
-            outcome = await self._checkpointed(
-                replica,
-                self._run_link(
-                    replica, lambda epoch: link.armed_checkpoint(epoch, arm), req.epoch, arm + timeout
-                ),
-            )
-            answer.set_result(self._answer(req, outcome))
-            return outcome
-        except BaseException as exc:
-            proxy.disarm(req.epoch)  # cancelled before it started: it must not start later
-            if not isinstance(exc, Exception):
-                exc = RpcError(
-                    grpc.StatusCode.ABORTED,
-                    f"armed epoch {req.epoch} was cancelled",
-                    reason=colo_pb2.ERROR_REASON_NEVER_STARTED,
-                )
-            answer.set_exception(exc)
-            answer.exception()  # nobody may be waiting: no "never retrieved" warning
-            raise
-        finally:
-            replica.armed = None
-            replica.proxy.arming(False)
+        """An armed checkpoint (arming.py): starts in C at the first held reply,
+        a second call for the epoch, or after arm seconds (docs/protocol.md)."""
+        arming = replica.arming
+        assert arming is not None
+        wait = arming.waiter(req.epoch, arm)
+        run = self._run_link(
+            replica, lambda epoch: link.armed_checkpoint(epoch, wait), req.epoch, arm + timeout
+        )
+        return await arming.run(
+            req, self._checkpointed(replica, run), lambda outcome: self._answer(req, outcome)
+        )
 
     @staticmethod
     def _answer(req: colo_pb2.AgentCheckpointRequest, outcome: Outcome) -> colo_pb2.AgentCheckpointResponse:
@@ -566,12 +517,8 @@ class AgentCore:
             verify=outcome.verify.proto(),
             trigger=req.trigger,
         )
-        why = outcome.armed
-        if why is not None:
-            resp.trigger = ARMED_TRIGGERS[why.why]
-            if why.why is native.ArmWhy.DIVERGENCE:
-                resp.reason = PROXY_REASONS[why.reason]
-                resp.request_seq = why.seq
+        if outcome.armed is not None:
+            started_by(resp, outcome.armed)
         return resp
 
     # -- role changes --------------------------------------------------------------
@@ -720,8 +667,7 @@ class AgentCore:
                 replica.dom.pause()
             replica.state = colo_pb2.PAIR_STATE_UNPROTECTED
             if replica.proxy is not None:
-                await replica.proxy.close()  # clients reconnect and ask where the service is now
-                replica.proxy = None
+                await replica.stop_serving()  # clients reconnect and ask where the service is now
                 replica.service_address = ""
 
     def destroy_domains(self, role: Role) -> list[str]:

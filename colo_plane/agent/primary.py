@@ -164,15 +164,15 @@ class PrimaryLink:
         with self.lock:
             return self._guard(lambda: self._checkpoint(epoch))
 
-    def armed_checkpoint(self, epoch: int, arm: float) -> Outcome:
-        """Waits (in C, without the lock: GetStatus may hash meanwhile) for
-        the first held reply, a fire() of epoch or arm seconds, then runs the
-        checkpoint at once, on this thread.  native.Disarmed: it never started."""
+    def armed_checkpoint(self, epoch: int, wait: Callable[[], native.ArmResult]) -> Outcome:
+        """Runs wait() (arming.py's: in C, without the lock, so GetStatus may
+        hash meanwhile) until the checkpoint is to start, then the checkpoint
+        at once, on this thread.  native.Disarmed: it never started."""
         if self.release is None:
             raise ProtocolError("an armed checkpoint needs the domain's proxy")
         if self.broken:
             raise ProtocolError(f"data connection already failed: {self.broken}")
-        why = self.release.await_divergence(epoch, arm)
+        why = wait()
         with self.lock:
             out = self._guard(lambda: self._checkpoint(epoch))
         return Outcome(out.epoch, out.stats, out.verify, why)

@@ -4,14 +4,13 @@ The data path is native (native/proxy.c, native/mirror.c): no client
 request crosses Python.  On the primary a C thread owns the domain's client
 address; it numbers each request, runs it on the primary guest, frames it
 to the secondary and compares the replies.  Equal: released.  Different, or
-missing past the reply timeout: held, and a HOLD event reaches this module,
-which logs it.  The coordinator keeps an armed checkpoint waiting on the
-proxy (docs/protocol.md): a held reply starts it in C at once.  Only when
-no checkpoint was ever armed here, or none has been armed for a while
-although replies are held, does this module ask the coordinator
-(RequestCheckpoint).  The agent reports
-each checkpoint that reached SECONDARY_RESUMED (checkpoint_done); the C side
-releases every held reply the checkpoint's state includes.  Unprotected,
+missing past the reply timeout: held, reported in C into the domain's arm
+(arming.py owns it: a held reply starts the armed checkpoint at once), and
+a HOLD event reaches this module, which logs it and tells the arming
+module (whose fallback asks the coordinator when nothing is armed).  The
+agent reports each checkpoint that reached SECONDARY_RESUMED
+(checkpoint_done); the C side releases every held reply the checkpoint's
+state includes.  Unprotected,
 replies go straight out; a primary that lost its secondary on its own keeps
 holding until the coordinator says it runs unprotected.
 
@@ -22,22 +21,15 @@ guest, in the primary's order, skipping those a checkpoint already carried.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 
 from colo_plane import addresses, metrics, native
+from colo_plane.agent.arming import TICK, Arming
 
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1024
-TICK = 0.5  # seconds: metrics refresh; a held reply's checkpoint asked for again
-RETRY_AFTER_FAILURE = 0.1
-
-# request_checkpoint(seq, reason: "mismatch" | "timeout") -> True once the
-# coordinator took it: a checkpoint that starts after now is on its way.
-RequestCheckpoint = Callable[[int, str], Awaitable[bool]]
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -51,37 +43,31 @@ class PrimaryProxy:
         domain: str,
         dom: native.Domain,
         *,
-        request_checkpoint: RequestCheckpoint,
+        arming: Arming,
         reply_timeout: float,
         poll_us: int = 0,
     ) -> None:
         self.domain = domain
         self.dom = dom
-        self.request_checkpoint = request_checkpoint
+        self.arming = arming  # the checkpoint side's: told of holds, covers and ticks
         self.reply_timeout = reply_timeout
         self.poll_us = poll_us
         self._data_path: native.Proxy | None = None
-        self._want = 0  # highest held seq a checkpoint must include
-        self._want_reason = "mismatch"
-        self._asked = 0  # highest seq the coordinator promised a checkpoint for
-        self._asked_at = 0.0  # loop time of that promise
-        self._covered = 0
-        self._asker: asyncio.Task[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._seen = native.ProxyStats()
-        self._arms = 0  # armed checkpoints waiting now
-        self._armed_ever = False
-        self._unarmed_since = 0.0  # loop time the last armed checkpoint ended
+        arming.on_first_arm(self._events_on_tick)
 
     async def start(self, host: str, port: int) -> str:
         listener = listen(host, port)
         address = addresses.join(host, listener.getsockname()[1])
         try:
-            self._data_path = native.Proxy(self.dom, listener, self.reply_timeout, poll_us=self.poll_us)
+            self._data_path = native.Proxy(
+                self.dom, listener, self.reply_timeout, poll_us=self.poll_us, arm=self.arming.arm
+            )
         except BaseException:
             listener.close()
             raise
-        self._covered = self._data_path.stats().covered
+        self.arming.covered(self._data_path.stats().covered)
         loop = asyncio.get_running_loop()
         loop.add_reader(self._data_path.event_fd, self._drain)
         self._ticker = loop.call_later(TICK, self._tick)
@@ -112,28 +98,18 @@ class PrimaryProxy:
         """The coordinator says the secondary is lost: release everything held."""
         return self._data_path.unprotect() if self._data_path is not None else 0
 
-    def arming(self, waiting: bool) -> None:
-        """An armed checkpoint starts waiting (True) or ended (False)."""
-        if not self._armed_ever and self._data_path is not None:
-            # Armed checkpoints serve held replies in C: Python needs the events
-            # only for the log, and the tick drains them (not two wake-ups a checkpoint).
+    def _events_on_tick(self) -> None:
+        """Armed checkpoints serve held replies in C: Python needs the events
+        only for the log, and the tick drains them (not two wake-ups a checkpoint)."""
+        if self._data_path is not None:
             asyncio.get_running_loop().remove_reader(self._data_path.event_fd)
-        self._armed_ever = True
-        self._arms += 1 if waiting else -1
-        if not waiting:
-            self._unarmed_since = asyncio.get_running_loop().time()
 
     def checkpoint_done(self, epoch: int, last_seq: int) -> None:
         """SECONDARY_RESUMED of checkpoint epoch (the first boot's), whose state
         includes every request <= last_seq: release them."""
-        self.covered(last_seq)
+        self.arming.covered(last_seq)
         if self._data_path is not None:
             self._data_path.checkpoint_done(epoch, last_seq)
-
-    def covered(self, last_seq: int) -> None:
-        """A checkpoint that released its replies in C (colo_primary_checkpoint
-        with the proxy) covers every request <= last_seq: nothing left to ask for."""
-        self._covered = max(self._covered, last_seq)
 
     # -- what the C side tells ------------------------------------------------------
 
@@ -141,12 +117,13 @@ class PrimaryProxy:
         if self._data_path is None:
             return
         holds: list[str] = []
+        newest: native.ProxyEvent | None = None
         releases: dict[tuple[int, int], list[str]] = {}
         for ev in self._data_path.events():
             if ev.kind is native.ProxyEventKind.HOLD:
                 holds.append(f"{ev.seq} ({ev.reason}) t={ev.t_ns}")
-                if ev.seq > self._want:
-                    self._want, self._want_reason = ev.seq, ev.reason
+                if newest is None or ev.seq > newest.seq:
+                    newest = ev
             elif ev.kind is native.ProxyEventKind.RELEASE:
                 releases.setdefault((ev.epoch, ev.t_ns), []).append(str(ev.seq))
             else:
@@ -166,42 +143,15 @@ class PrimaryProxy:
                     for (epoch, t_ns), seqs in releases.items()
                 ),
             )
-        self._kick()
-
-    def _kick(self, *, tick: bool = False) -> None:
-        if self._armed_ever and not self._unarmed(tick):
-            return  # the armed checkpoint serves held replies, no need to ask
-        if self._asker is None and self._want > max(self._covered, self._asked):
-            self._asker = asyncio.create_task(self._ask(), name=f"proxy-asker-{self.domain}")
-
-    def _unarmed(self, tick: bool) -> bool:
-        """Nothing armed for a whole tick although replies are held: ask after all."""
-        idle = asyncio.get_running_loop().time() - self._unarmed_since
-        return tick and self._arms == 0 and idle > TICK
-
-    async def _ask(self) -> None:
-        """One RequestCheckpoint at a time, for the newest held reply: the
-        checkpoint it brings includes every reply held before it was sent."""
-        try:
-            while self._want > max(self._covered, self._asked):
-                seq, reason = self._want, self._want_reason
-                if await self.request_checkpoint(seq, reason):
-                    self._asked, self._asked_at = seq, asyncio.get_running_loop().time()
-                else:
-                    await asyncio.sleep(RETRY_AFTER_FAILURE)
-        finally:
-            self._asker = None
+        if newest is not None:
+            self.arming.held(newest.seq, newest.reason)
 
     def _tick(self) -> None:
-        """Metrics, and a reply still held long after its checkpoint was
-        promised is asked for again (a checkpoint can fail)."""
+        """Metrics, the events, and the arming module's tick (its fallback)."""
         self._refresh_metrics()
-        loop = asyncio.get_running_loop()
         self._drain()
-        if self._asked > self._covered and loop.time() - self._asked_at > 2 * TICK:
-            self._asked = self._covered
-        self._kick(tick=True)
-        self._ticker = loop.call_later(TICK, self._tick)
+        self.arming.tick()
+        self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def _refresh_metrics(self) -> None:
         if self._data_path is None:
@@ -217,17 +167,13 @@ class PrimaryProxy:
         if now.events_lost > seen.events_lost:
             # A hold that found no memory for its event: ask as if for the newest request.
             log.error("%s: %d proxy events lost", self.domain, now.events_lost - seen.events_lost)
-            self._want = max(self._want, now.last_seq)
+            self.arming.held(now.last_seq)
         self._seen = now
 
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
-        if self._asker is not None:
-            self._asker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._asker
         if self._data_path is not None:
             asyncio.get_running_loop().remove_reader(self._data_path.event_fd)
             self._drain()  # the last holds and releases, on the record

@@ -13,22 +13,13 @@ from dataclasses import dataclass, field
 
 from colo_plane import native
 from colo_plane._proto import colo_pb2
+from colo_plane.agent.arming import Arming
 from colo_plane.agent.primary import PrimaryLink
 from colo_plane.agent.proxy import PrimaryProxy
 from colo_plane.agent.secondary import SecondaryLoop
 from colo_plane.agent.syncpoints import Role, Stats, SyncSink, Verify
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Armed:
-    """An armed checkpoint waiting on the primary's proxy (docs/protocol.md)."""
-
-    epoch: int
-    generation: int
-    proxy: native.Proxy
-    answer: asyncio.Future[colo_pb2.AgentCheckpointResponse]  # for a second call that fires it
 
 
 @dataclass
@@ -53,15 +44,23 @@ class Replica:
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)  # one command changing the replica at a time
     accept_task: asyncio.Task[None] | None = None
     proxy: PrimaryProxy | None = None  # primary: the client side
+    arming: Arming | None = None  # primary, with its proxy: when checkpoints start (arming.py)
     proxy_task: asyncio.Task[None] | None = None  # secondary: runs forwarded requests
     service_address: str = ""
-    armed: Armed | None = None  # primary: the armed checkpoint waiting for a held reply
     stood_down: bool = False  # superseded: paused, not serving, waiting for Release
 
     def disarm(self) -> None:
         """Ends an armed checkpoint that has not started (it holds busy while it waits)."""
-        if self.armed is not None:
-            self.armed.proxy.disarm(self.armed.epoch)
+        if self.arming is not None:
+            self.arming.disarm()
+
+    async def stop_serving(self) -> None:
+        """Closes the primary's proxy and its arming: clients are cut off."""
+        if self.arming is not None:
+            await self.arming.close()
+        if self.proxy is not None:
+            await self.proxy.close()
+        self.proxy = self.arming = None
 
     # -- the data connection ---------------------------------------------------
 
@@ -108,9 +107,7 @@ class Replica:
 
     async def close(self) -> None:
         await self.disconnect()
-        if self.proxy is not None:
-            await self.proxy.close()
-            self.proxy = None
+        await self.stop_serving()
         await asyncio.to_thread(self.dom.close)  # joins the vCPU, unmaps guest memory: not on the loop
 
     # -- what GetStatus shows ----------------------------------------------------

@@ -2,14 +2,12 @@
 that pair, so there is never more than one at once.
 
 While the pair is PROTECTED and nothing else is wanted, the driver keeps
-the next epoch *armed* on the primary (docs/protocol.md): an
-Agent.Checkpoint call that starts, in C, the moment the primary's proxy
-holds a reply, or when the pair's interval passes.  A held reply thus
-never waits for a round trip through the coordinator.  An on-demand call
-(or a RequestCheckpoint, the primary's fallback) fires the armed epoch with
-a second call for it.  Without arming (--no-arm-checkpoints) a request, an
-on-demand call or the timer each make a checkpoint wanted; whatever arrives
-while one is in flight joins the next."""
+the next epoch *armed* on the primary; arming, firing, the fallback request
+and the divergences they report are arming.py's (docs/protocol.md).
+Without arming (--no-arm-checkpoints) a request, an on-demand call or the
+timer each make a checkpoint wanted; whatever arrives while one is in
+flight joins the next.  Here: the driver's loop, the Agent.Checkpoint call
+and what its outcome means for the pair."""
 
 from __future__ import annotations
 
@@ -22,18 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 
 from colo_plane import metrics
 from colo_plane._proto import colo_pb2
 from colo_plane.coordinator.agents import AgentRegistry, HostNotRegistered
+from colo_plane.coordinator.arming import ARM_RETRY, Armed, Arming
 from colo_plane.coordinator.settings import Settings
 from colo_plane.coordinator.statemachine import PROTECTED, STOPPED, PairMachine, PairRecord, trigger_name
+from colo_plane.coordinator.wanted import CheckpointError, Result, Wanted, requests
 from colo_plane.rpc import duration, reason_of, seconds
 
-log = logging.getLogger(__name__)
+__all__ = ["CheckpointDriver", "CheckpointError"]
 
-Result = asyncio.Future[colo_pb2.AgentCheckpointResponse]
+log = logging.getLogger(__name__)
 
 # Errors after which the agent has closed the data connection: no further
 # checkpoint can work until the pair is re-protected (but a BUSY refusal).
@@ -41,43 +41,9 @@ LINK_LOST = (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.St
 GUEST_MISSING = frozenset({colo_pb2.ERROR_REASON_DOMAIN_NOT_HELD, colo_pb2.ERROR_REASON_DOMAIN_GONE})
 
 
-ARM_RETRY = 0.2  # seconds after a failed checkpoint before the next epoch is armed
-# A primary that asks for a checkpoint this long after its epoch was armed
-# never got the arm: commands do not reach it (docs/coordinator.md, "One-way
-# partitions").  It asks only after a whole tick without an armed epoch.
-ARM_LOST_AFTER = 0.1
-
-
-class CheckpointError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@functools.cache
-def _requests(trigger: int, coalesced: bool) -> Counter:
-    return metrics.CHECKPOINT_REQUESTS.labels(trigger_name(trigger), "true" if coalesced else "false")
-
-
 @functools.cache
 def _to_issue(trigger: int) -> Histogram:
     return metrics.REQUEST_TO_ISSUE.labels(trigger_name(trigger))
-
-
-@dataclass
-class Wanted:
-    """The next checkpoint of a pair: why, since when, and who waits for it."""
-
-    trigger: colo_pb2.CheckpointTrigger
-    since: float  # time.perf_counter() of the first request it serves
-    waiters: list[Result] = field(default_factory=list)
-    final: bool = False
-    arm: float = 0.0  # armed: the primary starts it at a held reply or after this many seconds
-    fired: bool = False  # armed, and the coordinator asked for it now (trigger says why)
-    req: colo_pb2.AgentCheckpointRequest | None = None  # armed: the call that armed it
-    fire: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None  # the second call
-    sent: float = 0.0  # armed: loop.time() the arming call was sent
 
 
 @dataclass
@@ -91,7 +57,7 @@ class PairDriver:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     next_timer: float = 0.0  # loop.time() when the interval passes
     call: asyncio.Future[colo_pb2.AgentCheckpointResponse] | None = None  # Agent.Checkpoint in flight
-    armed: Wanted | None = None  # the armed checkpoint in flight
+    armed: Armed | None = None  # the armed checkpoint in flight (arming.py)
 
 
 # Called when a checkpoint shows the secondary cannot be trusted any more.
@@ -106,10 +72,21 @@ class CheckpointDriver:
         self.registry = registry
         self.settings = settings
         self.on_trouble = on_trouble
-        self.on_unreachable: Callable[[str], None] | None = None
+        self.arming = Arming(machine, registry, self.timeout)
+        self._on_unreachable: Callable[[str], None] | None = None
+        self.arming.want = self.want  # a RequestCheckpoint makes a checkpoint wanted like any other
         self.drivers: dict[str, PairDriver] = {}
         # Optional raw samples of request -> issued (bench); the histogram always gets them.
         self.samples: list[float] | None = None
+
+    @property
+    def on_unreachable(self) -> Callable[[str], None] | None:
+        """Called with a host a call failed to reach as if it were down (the failure detector's)."""
+        return self._on_unreachable
+
+    @on_unreachable.setter
+    def on_unreachable(self, suspect: Callable[[str], None] | None) -> None:
+        self._on_unreachable = self.arming.on_unreachable = suspect
 
     # -- life of a driver ------------------------------------------------------------
 
@@ -139,10 +116,9 @@ class CheckpointDriver:
             await self.stop(domain)
 
     @staticmethod
-    def _calls(d: PairDriver) -> list[asyncio.Future[colo_pb2.AgentCheckpointResponse]]:
+    def _calls(d: PairDriver) -> list[Result]:
         """The Agent.Checkpoint calls in flight: the checkpoint's, and a firing one."""
-        calls = [d.call, d.armed.fire if d.armed is not None else None]
-        return [c for c in calls if c is not None]
+        return ([d.call] if d.call is not None else []) + Arming.calls(d.armed)
 
     def poke(self, domain: str) -> None:
         """The pair's state changed: let its driver look again."""
@@ -165,73 +141,23 @@ class CheckpointDriver:
         coalesced, a future of its answer if wait)."""
         d = self.drivers[domain]
         if d.armed is not None and not final:
-            return self._join_armed(d, trigger, wait)
-        if d.armed is not None:
-            self._fire(d, trigger)  # the final checkpoint comes next, right after it
+            return self.arming.join(d.rec, d.armed, trigger, wait)
+        self.arming.fire(d.rec, d.armed, trigger)  # a final checkpoint comes next, right after it
         coalesced = d.wanted is not None
         if d.wanted is None:
             d.wanted = Wanted(trigger, time.perf_counter())
             d.wake.set()
         d.wanted.final = d.wanted.final or final
-        future: Result | None = None
-        if wait:
-            future = asyncio.get_running_loop().create_future()
-            d.wanted.waiters.append(future)
-        _requests(trigger, coalesced).inc()
+        future = d.wanted.waiter() if wait else None
+        requests(trigger, coalesced).inc()
         return d.rec.epoch_allocated + 1, coalesced, future
-
-    def _join_armed(
-        self, d: PairDriver, trigger: colo_pb2.CheckpointTrigger, wait: bool
-    ) -> tuple[int, bool, Result | None]:
-        """The armed checkpoint serves the request: fired now, unless it was already."""
-        armed = d.armed
-        assert armed is not None
-        coalesced = armed.fired
-        if (
-            trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST
-            and not armed.fired
-            and asyncio.get_running_loop().time() - armed.sent > ARM_LOST_AFTER
-            and self.on_unreachable is not None
-        ):
-            self.on_unreachable(d.rec.pair.primary_host)  # its arm never arrived: confirm it hears us
-        self._fire(d, trigger)
-        future: Result | None = None
-        if wait:
-            future = asyncio.get_running_loop().create_future()
-            armed.waiters.append(future)
-        _requests(trigger, coalesced).inc()
-        return d.rec.pair.pending_epoch, coalesced, future
-
-    def _fire(self, d: PairDriver, trigger: colo_pb2.CheckpointTrigger) -> None:
-        """A second Agent.Checkpoint for the armed epoch: it starts now (its answer
-        is the armed call's; this call's own is only logged)."""
-        armed = d.armed
-        req = armed.req if armed is not None else None
-        if armed is None or req is None or armed.fired:
-            return
-        armed.fired, armed.trigger, armed.since = True, trigger, time.perf_counter()
-        try:
-            client = self.registry.client(d.rec.pair.primary_host)
-        except HostNotRegistered:
-            return  # the armed call fails on its own
-        fire = colo_pb2.AgentCheckpointRequest()
-        fire.CopyFrom(req)
-        fire.ClearField("arm")
-        fire.trigger = trigger
-        armed.fire = asyncio.ensure_future(client.checkpoint(fire, timeout=self.timeout(d.rec) + 1.0))
-        armed.fire.add_done_callback(functools.partial(self._fired, d.rec.domain, req.epoch))
-
-    @staticmethod
-    def _fired(domain: str, epoch: int, call: asyncio.Future[colo_pb2.AgentCheckpointResponse]) -> None:
-        if not call.cancelled() and call.exception() is not None:
-            log.debug("%s: firing armed epoch %d: %s", domain, epoch, call.exception())
 
     async def hold(self, domain: str) -> None:
         """No new checkpoint for the pair until release(); returns once none is in
         flight (an armed one is fired, so the caller knows how it ended)."""
         d = self.drivers[domain]
         d.holds += 1
-        self._fire(d, colo_pb2.CHECKPOINT_TRIGGER_MANUAL)
+        self.arming.fire(d.rec, d.armed, colo_pb2.CHECKPOINT_TRIGGER_MANUAL)
         await d.idle.wait()
 
     def release(self, domain: str) -> None:
@@ -273,7 +199,7 @@ class CheckpointDriver:
                 ok = await self._issue(d, wanted)
             except Exception as exc:  # a bug must not stop the pair's checkpoints for good
                 log.exception("%s: issuing a checkpoint failed", d.rec.domain)
-                self._resolve(wanted, error=CheckpointError(grpc.StatusCode.INTERNAL, str(exc)))
+                wanted.resolve(error=CheckpointError(grpc.StatusCode.INTERNAL, str(exc)))
             d.next_timer = loop.time() + self.interval(d.rec)
             if not ok and d.wanted is None:
                 # Re-arming at once would turn a failing primary into a busy loop.
@@ -288,8 +214,7 @@ class CheckpointDriver:
         """One checkpoint issued by the caller, who holds the driver (switchover)."""
         d = self.drivers[domain]
         wanted = Wanted(trigger, time.perf_counter(), final=final)
-        future: Result = asyncio.get_running_loop().create_future()
-        wanted.waiters.append(future)
+        future = wanted.waiter()
         await self._issue(d, wanted)
         return await future
 
@@ -308,11 +233,8 @@ class CheckpointDriver:
             timeout=duration(timeout),
             final=wanted.final,
         )
-        if wanted.arm:
-            req.arm.CopyFrom(duration(wanted.arm))
-            self.machine.checkpoint_armed(rec, epoch)
-            d.armed, wanted.req = wanted, req
-        else:
+        armed = d.armed = self.arming.arm(rec, epoch, wanted, req) if wanted.arm else None
+        if armed is None:
             self._issued(rec, epoch, wanted, issued)
         d.inflight_epoch = epoch
         d.idle.clear()
@@ -333,10 +255,11 @@ class CheckpointDriver:
             # say so.  A role change cancels the call (abandon()): a hung primary must not hold the
             # driver.
             d.call = asyncio.ensure_future(client.checkpoint(req, timeout=wanted.arm + timeout + 1.0))
-            wanted.sent = asyncio.get_running_loop().time()
             try:
+                if armed is not None:
+                    self.arming.sent(armed)
                 await asyncio.wait({d.call})
-                call = await self._answered(d.call, wanted)
+                call = d.call if armed is None else await self.arming.answered(d.call, armed)
             finally:
                 d.call = None
                 d.armed = None
@@ -355,22 +278,22 @@ class CheckpointDriver:
                 return False
             if call.cancelled() or rec.generation != generation or rec.pair.pending_epoch != epoch:
                 # A role change overtook it; the answer belongs to a superseded generation.
-                self._resolve(
-                    wanted,
+                wanted.resolve(
                     error=CheckpointError(
                         grpc.StatusCode.ABORTED, f"{rec.domain} changed roles during checkpoint {epoch}"
                     ),
                 )
                 return False
             resp = call.result()
-            if wanted.arm:
-                self._armed_started(rec, epoch, wanted, resp)
+            if armed is not None:
+                if self.arming.started(rec, epoch, armed, resp):
+                    self._issued(rec, epoch, wanted, wanted.since)  # fired: it started when asked
                 # It started on the primary: its own CHECKPOINT_REQUEST -> SECONDARY_RESUMED.
                 metrics.ISSUE_TO_RESUMED.observe(resp.stats.duration_ns / 1e9)
             else:
                 metrics.ISSUE_TO_RESUMED.observe(time.perf_counter() - issued)
             self.machine.checkpoint_done(rec, wanted.trigger, resp)
-            self._resolve(wanted, resp=resp)
+            wanted.resolve(resp=resp)
             if resp.verify.outcome == colo_pb2.VERIFY_OUTCOME_MISMATCH:
                 message = (
                     f"verify found the secondary's copy wrong after epoch {epoch}: "
@@ -385,38 +308,11 @@ class CheckpointDriver:
             d.inflight_epoch = 0
             d.idle.set()
 
-    @staticmethod
-    async def _answered(call: Result, wanted: Wanted) -> Result:
-        """The call that answers for the checkpoint.  A fired armed epoch: if the
-        second call overtook the armed one on the wire, the agent ran the
-        epoch for it and refused the armed call as not above its last epoch;
-        the second call's answer is the checkpoint's then."""
-        fire = wanted.fire
-        if fire is None or call.cancelled() or call.exception() is None:
-            return call
-        await asyncio.wait({fire})
-        return fire if not fire.cancelled() and fire.exception() is None else call
-
     def _issued(self, rec: PairRecord, epoch: int, wanted: Wanted, issued: float) -> None:
         waited = issued - wanted.since
         _to_issue(wanted.trigger).observe(waited)
         if self.samples is not None and wanted.trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST:
             self.samples.append(waited)
-        self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
-
-    def _armed_started(
-        self, rec: PairRecord, epoch: int, wanted: Wanted, resp: colo_pb2.AgentCheckpointResponse
-    ) -> None:
-        """An armed checkpoint came back: on the record as issued when it started."""
-        if wanted.fired:
-            self._issued(rec, epoch, wanted, wanted.since)  # fired: it started when asked
-            return
-        wanted.trigger = resp.trigger or colo_pb2.CHECKPOINT_TRIGGER_TIMER
-        if wanted.trigger == colo_pb2.CHECKPOINT_TRIGGER_REQUEST:
-            # The primary's proxy held a reply: the armed epoch started at once.
-            self.machine.divergence(
-                rec, epoch=epoch, host=rec.pair.primary_host, reason=resp.reason, request_seq=resp.request_seq
-            )
         self.machine.checkpoint_issued(rec, epoch, wanted.trigger)
 
     def _failed(
@@ -432,9 +328,7 @@ class CheckpointDriver:
     ) -> None:
         rec = d.rec
         message = f"{code.name} from primary {rec.pair.primary_host}: {details}"
-        self._resolve(
-            wanted, error=CheckpointError(code, f"checkpoint {epoch} of {rec.domain} failed: {message}")
-        )
+        wanted.resolve(error=CheckpointError(code, f"checkpoint {epoch} of {rec.domain} failed: {message}"))
         if rec.generation != generation or rec.pair.pending_epoch != epoch:
             return  # a role change overtook it
         if rec.state == PROTECTED:  # armed: it fails as the checkpoint it was to be
@@ -454,25 +348,9 @@ class CheckpointDriver:
         elif rec.failures >= self.settings.unhealthy_after:
             self.on_trouble(rec, generation, f"{rec.failures} checkpoints in a row failed; last: {message}")
 
-    @staticmethod
-    def _resolve(
-        wanted: Wanted,
-        *,
-        resp: colo_pb2.AgentCheckpointResponse | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        for future in wanted.waiters:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                assert resp is not None
-                future.set_result(resp)
-
     def _fail_waiters(self, d: PairDriver, code: grpc.StatusCode, message: str) -> None:
         if d.wanted is not None:
-            self._resolve(d.wanted, error=CheckpointError(code, message))
+            d.wanted.resolve(error=CheckpointError(code, message))
             d.wanted = None
 
     def drop_wanted(self, domain: str, message: str) -> None:

@@ -11,9 +11,11 @@ while its heartbeats still arrive (a one-way partition)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -48,6 +50,15 @@ async def refuses(address: str, timeout: float = CONNECT_CHECK) -> bool:
         return False
     writer.close()
     return False
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe of a suspected agent, and what it settled."""
+
+    code: grpc.StatusCode | None  # None: it answered
+    now: float  # the detector's clock when the probe ended
+    settled: bool = False  # nothing left to do: another record took its place, or it is lost (refused)
 
 
 class FailureDetector:
@@ -229,28 +240,43 @@ class FailureDetector:
         if agent is not None and agent.alive and host not in self._probing:
             self._spawn(self._confirm_command_path(agent, "a call to it failed as if it were down"), host)
 
+    async def _probe_suspect(self, agent: AgentRecord, why: Callable[[float], str]) -> Probe:
+        """The step both confirmations repeat: one GetStatus; if it failed (not
+        by a timeout) and the agent is still the current record, whether its
+        port refuses, a fact that makes it lost here at once (why(now) says
+        what made it suspect)."""
+        code = await self._probe(agent)
+        probe = Probe(code, self.clock())
+        if code is None:
+            return probe
+        if not self._current(agent):
+            return dataclasses.replace(probe, settled=True)
+        if code != grpc.StatusCode.DEADLINE_EXCEEDED and await refuses(agent.info.grpc_address):
+            self.agent_lost(agent, f"{why(probe.now)}, and its port refuses connections", "refused")
+            return dataclasses.replace(probe, settled=True)
+        return probe
+
+    def _no_heartbeat(self, agent: AgentRecord, timeout: float, now: float) -> str:
+        return f"no heartbeat for {self.silence(agent, now):.2f} s (its timeout {timeout:.2f} s)"
+
     async def _confirm_silent(self, agent: AgentRecord, timeout: float) -> None:
         """A silence beyond the agent's timeout.  It answers: kept, and the gap
         joins its history.  Its port refuses: lost.  Its probes time out: lost
         once the silence reaches CONFIRM_FACTOR timeouts (a hung host)."""
         host = agent.host_id
         while self._current(agent):
-            code = await self._probe(agent)
-            silence = self.silence(agent)
-            why = f"no heartbeat for {silence:.2f} s (its timeout {timeout:.2f} s)"
-            if code is None:
+            probe = await self._probe_suspect(agent, lambda now: self._no_heartbeat(agent, timeout, now))
+            if probe.settled:
+                return
+            silence, why = self.silence(agent, probe.now), self._no_heartbeat(agent, timeout, probe.now)
+            if probe.code is None:
                 log.warning("agent %s: %s, but it answers: kept alive", host, why)
                 self.heard(agent)
-                return
-            if not self._current(agent):
-                return
-            if code != grpc.StatusCode.DEADLINE_EXCEEDED and await refuses(agent.info.grpc_address):
-                self.agent_lost(agent, f"{why}, and its port refuses connections", "refused")
                 return
             if silence <= timeout:
                 return  # its heartbeats are back
             if silence >= timeout * CONFIRM_FACTOR:
-                self.agent_lost(agent, f"{why}, and it does not answer ({code.name})", "silent")
+                self.agent_lost(agent, f"{why}, and it does not answer ({probe.code.name})", "silent")
                 return
             await asyncio.sleep(min(self.probe_timeout, 0.05))  # a fast failure must not spin
 
@@ -263,15 +289,12 @@ class FailureDetector:
         host = agent.host_id
         started = self.clock()
         while self._current(agent):
-            code = await self._probe(agent)
-            if code is None:
+            probe = await self._probe_suspect(agent, lambda _: why)
+            if probe.settled:
+                return
+            if probe.code is None:
                 if not agent.reachable:
                     agent.reachable = True
-                return
-            if not self._current(agent):
-                return
-            if code != grpc.StatusCode.DEADLINE_EXCEEDED and await refuses(agent.info.grpc_address):
-                self.agent_lost(agent, f"{why}, and its port refuses connections", "refused")
                 return
             timeout = self.timeout(host)
             silence = self.silence(agent)
@@ -289,7 +312,7 @@ class FailureDetector:
                 self.agent_lost(
                     agent,
                     f"{why}; its heartbeats arrive but for {failing:.2f} s no command reached it "
-                    f"({code.name}): a one-way partition",
+                    f"({probe.code.name}): a one-way partition",
                     "command_path",
                 )
                 return

@@ -1,5 +1,6 @@
 """The Coordinator gRPC service: each RPC hands its request to Coordinator
-(core.py) and turns an RpcError into the canonical status."""
+(core.py; the agents' own RPCs to its HostCalls, hosts.py) and turns an
+RpcError into the canonical status."""
 
 # ruff: noqa: N802  (gRPC method names)
 
@@ -143,17 +144,17 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
     async def RegisterAgent(
         self, request: colo_pb2.RegisterAgentRequest, context: Context
     ) -> colo_pb2.RegisterAgentResponse:
-        return await _call(self.core.register_agent, request, context)
+        return await _call(self.core.hosts.register_agent, request, context)
 
     async def Heartbeat(
         self, request: colo_pb2.HeartbeatRequest, context: Context
     ) -> colo_pb2.HeartbeatResponse:
-        return await _call(self.core.heartbeat, request, context)
+        return await _call(self.core.hosts.heartbeat, request, context)
 
     async def RequestCheckpoint(
         self, request: colo_pb2.RequestCheckpointRequest, context: Context
     ) -> colo_pb2.RequestCheckpointResponse:
-        return await _call(self.core.request_checkpoint, request, context)
+        return await _call(self.core.hosts.request_checkpoint, request, context)
 
     async def ReportSyncPoint(
         self, request: colo_pb2.ReportSyncPointRequest, context: Context
@@ -162,7 +163,7 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
 
     async def _report(self, request: colo_pb2.ReportSyncPointRequest) -> colo_pb2.ReportSyncPointResponse:
         try:
-            return await self.core.report_sync_point(request)
+            return await self.core.hosts.report_sync_point(request)
         except RpcError as exc:
             _refused(reason_label(exc.reason)).inc()
             raise
@@ -176,7 +177,7 @@ class CoordinatorServicer(colo_pb2_grpc.CoordinatorServicer):  # type: ignore[mi
             async for message in request_iterator:
                 for req in message.points:
                     try:
-                        await self.core.report_sync_point(req)
+                        await self.core.hosts.report_sync_point(req)
                     except RpcError as exc:
                         # One refused report must not end the stream: the ones after it are good.
                         out.refused += 1

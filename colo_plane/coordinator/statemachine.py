@@ -197,29 +197,6 @@ class PairMachine:
                 event.epoch = rec.pair.epoch
         return self.bus.publish(event)
 
-    def divergence(
-        self,
-        rec: PairRecord,
-        *,
-        epoch: int,
-        host: str,
-        reason: int,
-        request_seq: int,
-        message: str = "",
-    ) -> None:
-        """The primary's proxy held a reply: counted and recorded here only,
-        whether the armed epoch started at it or the primary asked."""
-        rec.pair.divergences += 1
-        self.emit(
-            rec,
-            colo_pb2.EVENT_KIND_CHECKPOINT_REQUESTED,
-            epoch=epoch,
-            host_id=host,
-            reason=reason,
-            request_seq=request_seq,
-            message=message,
-        )
-
     def error(self, rec: PairRecord, message: str) -> None:
         """Records an error on the pair, for people (Pair.last_error) and watchers."""
         rec.pair.last_error = message

@@ -12,7 +12,7 @@ Modules, each importing only those above it:
 - ``_ffi``: the compiled module, checked against the package version;
 - ``abi``: the C side's enums, constants and result records, checked at import;
 - ``errors``: NativeError and its subclasses, the code-to-class table;
-- ``bitmap``, ``domain``, ``stream``, ``proxy``, ``checkpoint``: one concern each;
+- ``bitmap``, ``domain``, ``stream``, ``arm``, ``proxy``, ``checkpoint``: one concern each;
 - ``testhooks``: the switches that break a checkpoint on purpose, for tests only.
 """
 
@@ -43,6 +43,7 @@ from colo_plane.native.abi import (
     ProxyStats,
     RecordType,
 )
+from colo_plane.native.arm import Arm
 from colo_plane.native.bitmap import Bitmap
 from colo_plane.native.checkpoint import primary_checkpoint, secondary_checkpoint
 from colo_plane.native.domain import Domain, PageHashes, ReplyBuffer
@@ -68,6 +69,7 @@ __all__ = [
     "PROXY_OUTPUT_MAX",
     "PROXY_OUTPUT_MIN",
     "PROXY_REASONS",
+    "Arm",
     "ArmResult",
     "ArmWhy",
     "BackendError",

@@ -5,19 +5,18 @@ from __future__ import annotations
 import socket
 from typing import Any, Final
 
-from colo_plane.native._args import timeout_ms, u64
+from colo_plane.native._args import u64
 from colo_plane.native._ffi import ffi, lib
 from colo_plane.native.abi import (
     PROXY_OUTPUT_MAX,
     PROXY_OUTPUT_MIN,
     PROXY_REASONS,
-    ArmResult,
-    ArmWhy,
     MirrorResult,
     ProxyEvent,
     ProxyEventKind,
     ProxyStats,
 )
+from colo_plane.native.arm import Arm
 from colo_plane.native.domain import Domain
 from colo_plane.native.errors import _check
 
@@ -38,10 +37,11 @@ class Proxy:
     clients of listener with dom's guest service and compares replies with
     the secondary's.  It takes the sockets over; close() stops it.  A client
     whose unsent output reaches output_max bytes is read no further until it
-    has read half of it (docs/proxy.md).  A domain whose backend has no guest
-    network hook is refused: BackendError(UNSUPPORTED)."""
+    has read half of it (docs/proxy.md).  Given an arm, it reports each held
+    reply into it (an armed checkpoint starts there).  A domain whose backend
+    has no guest network hook is refused: BackendError(UNSUPPORTED)."""
 
-    __slots__ = ("_dom", "_events", "_ptr")
+    __slots__ = ("_arm", "_dom", "_events", "_ptr")
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class Proxy:
         *,
         poll_us: int = 0,
         output_max: int = PROXY_OUTPUT_MAX,
+        arm: Arm | None = None,
     ) -> None:
         ms = round(reply_timeout * 1000)
         if not 0 < ms < 2**32:
@@ -63,9 +64,11 @@ class Proxy:
             raise ValueError(f"output bound must be {PROXY_OUTPUT_MIN} B to under 4 GiB, got {output_max!r}")
         out = ffi.new("colo_proxy **")
         fd = listener.fileno()
-        _check(lib.colo_proxy_new(dom._p(), fd, ms, _poll_us(poll_us), output_max, out))
+        arm_ptr = arm._p() if arm is not None else ffi.NULL
+        _check(lib.colo_proxy_new(dom._p(), fd, ms, _poll_us(poll_us), output_max, arm_ptr, out))
         listener.detach()  # the proxy owns it now
         self._dom = dom  # the guest must outlive the thread serving it
+        self._arm = arm  # and the arm the thread reports to
         self._ptr: Any = out[0]
         self._events = ffi.new("struct colo_proxy_event[]", 256)
 
@@ -95,21 +98,6 @@ class Proxy:
 
     def checkpoint_done(self, epoch: int, last_seq: int) -> None:
         lib.colo_proxy_checkpoint_done(self._p(), u64("epoch", epoch), u64("last_seq", last_seq))
-
-    def await_divergence(self, token: int, timeout: float) -> ArmResult:
-        """Blocks (GIL released) until a reply is held, fire(token) or timeout
-        seconds pass; raises Disarmed when the wait ends without a checkpoint."""
-        out = ffi.new("struct colo_arm_result *")
-        _check(lib.colo_proxy_await(self._p(), u64("token", token), timeout_ms(timeout), out))
-        return ArmResult(ArmWhy(out.why), PROXY_REASONS.get(int(out.reason), ""), int(out.seq), int(out.t_ns))
-
-    def fire(self, token: int) -> None:
-        """The armed checkpoint of token starts now (a later token is not touched)."""
-        lib.colo_proxy_fire(self._p(), u64("token", token))
-
-    def disarm(self, token: int) -> None:
-        """The armed checkpoint of token ends without starting, unless it already started."""
-        lib.colo_proxy_disarm(self._p(), u64("token", token))
 
     def events(self) -> list[ProxyEvent]:
         out: list[ProxyEvent] = []

@@ -75,6 +75,14 @@ def _cmd_bench_failover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_netproxy(args: argparse.Namespace) -> int:
+    from colo_plane.tools.bench import netproxy
+
+    results = netproxy.run(rounds=args.rounds, bulk_mb=args.bulk_mb, requests=args.requests)
+    print(json.dumps(netproxy.as_json(results)) if args.json else netproxy.render(results))
+    return 0
+
+
 def register(sub: Any) -> None:
     """Adds `colo loadgen`, `colo demo` and `colo bench ...`."""
     lg = sub.add_parser("loadgen", help="writers through the proxy, then a lost-write check")
@@ -149,6 +157,15 @@ def register(sub: Any) -> None:
     bfo.add_argument("--trials", type=int, default=10)
     bfo.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bfo.set_defaults(func=_cmd_bench_failover)
+
+    bnp = bench_sub.add_parser(
+        "netproxy", help="the NIC proxy vs a straight veth in two namespaces, same run (root)"
+    )
+    bnp.add_argument("--rounds", type=int, default=5, help="rounds of (straight, proxy) (default 5)")
+    bnp.add_argument("--bulk-mb", type=int, default=64, help="bulk stream per measurement (default 64 MB)")
+    bnp.add_argument("--requests", type=int, default=2000, help="requests per measurement (default 2000)")
+    bnp.add_argument("--json", action="store_true", help="one JSON object of the figures")
+    bnp.set_defaults(func=_cmd_bench_netproxy)
 
     from colo_plane.tools.bench import control as bench_control
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,15 +49,16 @@ class Process:
         return self.proc.returncode
 
 
-def launch(workdir: Path, name: str, args: list[str]) -> Process:
-    """Starts `colo ARGS --ready-file ...`, logging to workdir/NAME.log, and
-    waits until it says where it listens."""
+def launch(workdir: Path, name: str, args: list[str], wrap: Sequence[str] = ()) -> Process:
+    """Starts `colo ARGS --ready-file ...` (under the command WRAP, which
+    execs its arguments: a test's namespace), logging to workdir/NAME.log,
+    and waits until it says where it listens."""
     ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
     log = workdir / f"{name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [*COLO, *args, "--ready-file", str(ready)],
+            [*wrap, *COLO, *args, "--ready-file", str(ready)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,8 +139,11 @@ class AgentProcess(Daemon):
 StartAgent = Callable[..., "AgentProcess"]
 
 
-def start_agent(tmp: Path, host_id: str, coordinator: str, *extra: str) -> AgentProcess:
-    return AgentProcess(launch(tmp, host_id, agent_args(host_id, coordinator, *extra)), host_id=host_id)
+def start_agent(
+    tmp: Path, host_id: str, coordinator: str, *extra: str, wrap: Sequence[str] = ()
+) -> AgentProcess:
+    process = launch(tmp, host_id, agent_args(host_id, coordinator, *extra), wrap)
+    return AgentProcess(process, host_id=host_id)
 
 
 def sim_spec(
@@ -176,31 +179,41 @@ def protect(
     epoch: int = 1,
     secret: bytes = b"s" * 32,
 ) -> colo_pb2.StartPrimaryResponse:
-    """The coordinator's part of a first boot: PrepareSecondary, then StartPrimary."""
-    prepared = secondary.stub.PrepareSecondary(
-        colo_pb2.PrepareSecondaryRequest(
-            domain=spec.domain,
-            generation=generation,
-            epoch=epoch,
-            spec=spec,
-            pair_secret=secret,
-            peer_host_id=primary.host_id,
-            peer_data_address=primary.data,
-        ),
-        timeout=10,
+    """The coordinator's part of a first boot: PrepareSecondary, then StartPrimary
+    (create: a first protection, the sim domain is made on the primary)."""
+    pair: dict[str, Any] = {"domain": spec.domain, "generation": generation, "epoch": epoch}
+    pair.update(spec=spec, pair_secret=secret)  # what both requests carry
+    to_secondary = colo_pb2.PrepareSecondaryRequest(
+        **pair, peer_host_id=primary.host_id, peer_data_address=primary.data
     )
-    return primary.stub.StartPrimary(
-        colo_pb2.StartPrimaryRequest(
-            domain=spec.domain,
-            generation=generation,
-            epoch=epoch,
-            spec=spec,
-            pair_secret=secret,
-            peer_host_id=secondary.host_id,
-            peer_data_address=prepared.data_address,
-            create_domain=True,  # a first protection: the sim domain is made here
-        ),
-        timeout=60,
+    prepared = secondary.stub.PrepareSecondary(to_secondary, timeout=10)
+    request = colo_pb2.StartPrimaryRequest(
+        **pair, peer_host_id=secondary.host_id, peer_data_address=prepared.data_address, create_domain=True
+    )
+    return primary.stub.StartPrimary(request, timeout=60)
+
+
+def start_primary(
+    domain: str,
+    *,
+    create: bool,
+    peer: str = "127.0.0.1:1",
+    spec: colo_pb2.DomainSpec | None = None,
+    generation: int = 1,
+    epoch: int = 1,
+    secret: bytes = b"s" * 32,
+    peer_host: str = "",
+) -> colo_pb2.StartPrimaryRequest:
+    """StartPrimary of DOMAIN (a 64-page sim guest unless SPEC) towards PEER's data port."""
+    return colo_pb2.StartPrimaryRequest(
+        domain=domain,
+        generation=generation,
+        epoch=epoch,
+        spec=spec or sim_spec(domain, pages=64),
+        pair_secret=secret,
+        peer_host_id=peer_host,
+        peer_data_address=peer,
+        create_domain=create,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,8 @@ def recorder() -> Iterator[tuple[RecordingCoordinator, str]]:
 def agents(tmp_path: Path, recorder: tuple[RecordingCoordinator, str]) -> Iterator[StartAgent]:
     started: list[AgentProcess] = []
 
-    def start(host_id: str, *extra: str) -> AgentProcess:
-        agent = start_agent(tmp_path, host_id, recorder[1], *extra)
+    def start(host_id: str, *extra: str, wrap: Sequence[str] = ()) -> AgentProcess:
+        agent = start_agent(tmp_path, host_id, recorder[1], *extra, wrap=wrap)
         started.append(agent)
         return agent
 

@@ -7,7 +7,6 @@ and a pair with no copy left says LOST.  The agents' hidden
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -15,54 +14,31 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster import AgentProcess, StartAgent, start_agent
-from coordinated import CoordinatorProcess, agents_alive, loadgen_in_thread, start_coordinator, wait_for
+from cluster import StartAgent, start_primary
+from coordinated import CoordinatorProcess, loadgen_in_thread, wait_for
+from world import Cluster, refusal
 
 from colo_plane._proto import colo_pb2
 from colo_plane.rpc import duration
 
 pytestmark = pytest.mark.system
 
-HOSTS = ("host-a", "host-b", "host-c")
 GONE_CAUSES = {colo_pb2.FAILOVER_CAUSE_PRIMARY_DOMAIN_GONE, colo_pb2.FAILOVER_CAUSE_SECONDARY_DOMAIN_GONE}
+FLAGS = ("--verify", "--test-destroy-on-signal")
 
 
-class Cluster:
-    def __init__(self, tmp: Path, hosts: tuple[str, ...] = HOSTS) -> None:
-        self.coord: CoordinatorProcess = start_coordinator(tmp)
-        self.agents: dict[str, AgentProcess] = {
-            h: start_agent(tmp, h, self.coord.address, "--verify", "--test-destroy-on-signal") for h in hosts
-        }
-        wait_for("agents registered", lambda: agents_alive(self.coord, len(hosts)), timeout=15)
-
-    def protect(self, domain: str, *, divergence: float = 0.05) -> colo_pb2.Pair:
-        spec = colo_pb2.DomainSpec(
-            domain=domain,
-            verify=True,
-            checkpoint_interval=duration(1.0),
-            sim=colo_pb2.SimDomainSpec(
-                pages=4096, dirty_rate=5_000, seed=3, divergence_probability=divergence
-            ),
-        )
-        req = colo_pb2.ProtectDomainRequest(
-            spec=spec, primary_host="host-a", secondary_host="host-b", wait=True
-        )
-        pair = self.coord.stub.ProtectDomain(req, timeout=60).pair
-        assert pair.state == colo_pb2.PAIR_STATE_PROTECTED
-        return pair
-
-    def destroy(self, host: str, role: str) -> None:
-        os.kill(self.agents[host].proc.pid, signal.SIGUSR1 if role == "primary" else signal.SIGUSR2)
-
-    def close(self) -> None:
-        for agent in self.agents.values():
-            agent.stop()
-        self.coord.stop()
+def _spec(domain: str, divergence: float = 0.05) -> colo_pb2.DomainSpec:
+    return colo_pb2.DomainSpec(
+        domain=domain,
+        verify=True,
+        checkpoint_interval=duration(1.0),
+        sim=colo_pb2.SimDomainSpec(pages=4096, dirty_rate=5_000, seed=3, divergence_probability=divergence),
+    )
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
+    c = Cluster(tmp_path, agent_flags=FLAGS)
     yield c
     c.close()
 
@@ -87,7 +63,7 @@ def _first_boots_from(coord: CoordinatorProcess, domain: str, host: str, after: 
 
 
 def test_destroyed_primary_domain_promotes_the_secondary(cluster: Cluster) -> None:
-    before = cluster.protect("web")
+    before = cluster.protect(_spec("web"))
     thread, out = loadgen_in_thread(cluster.coord.address, "web", seconds=8.0)
     time.sleep(2.5)
     mark = max(e.sequence for e in cluster.coord.events("web"))
@@ -121,7 +97,7 @@ def test_a_primary_agent_that_dropped_the_domain_fails_over(cluster: Cluster) ->
     sent to it directly) while its host lives.  Checkpoints answer NOT_FOUND; the
     secondary, the only copy, is promoted, and nothing is re-protected from an
     empty new domain on host-a."""
-    before = cluster.protect("web")
+    before = cluster.protect(_spec("web"))
     thread, out = loadgen_in_thread(cluster.coord.address, "web", seconds=6.0)
     time.sleep(2.0)
     cluster.agents["host-a"].stub.Release(
@@ -143,7 +119,7 @@ def test_a_primary_agent_that_dropped_the_domain_fails_over(cluster: Cluster) ->
 
 
 def test_destroyed_secondary_domain_reprotects_from_the_primary(cluster: Cluster) -> None:
-    before = cluster.protect("web")
+    before = cluster.protect(_spec("web"))
     thread, out = loadgen_in_thread(cluster.coord.address, "web", seconds=6.0)
     time.sleep(2.0)
     mark = max(e.sequence for e in cluster.coord.events("web"))
@@ -167,7 +143,7 @@ def test_destroyed_secondary_domain_reprotects_from_the_primary(cluster: Cluster
 
 
 def test_both_domains_gone_is_lost_not_protected(cluster: Cluster) -> None:
-    cluster.protect("web", divergence=0.0)
+    cluster.protect(_spec("web", divergence=0.0))
     cluster.destroy("host-a", "primary")
     cluster.destroy("host-b", "secondary")
     pair = wait_for("LOST", lambda: (p := cluster.coord.pair("web")).state == colo_pb2.PAIR_STATE_LOST and p)
@@ -184,9 +160,9 @@ def test_both_domains_gone_is_lost_not_protected(cluster: Cluster) -> None:
 def test_the_only_copy_gone_while_unprotected_is_lost(tmp_path: Path) -> None:
     """Two hosts: the secondary's host dies (nowhere to re-protect), then the
     primary's domain goes: LOST, and no empty domain is made in its place."""
-    c = Cluster(tmp_path, hosts=("host-a", "host-b"))
+    c = Cluster(tmp_path, ("host-a", "host-b"), FLAGS)
     try:
-        c.protect("web", divergence=0.0)
+        c.protect(_spec("web", divergence=0.0))
         c.agents["host-b"].stop(signal.SIGKILL)
         wait_for("unprotected", lambda: c.coord.pair("web").state == colo_pb2.PAIR_STATE_UNPROTECTED or None)
         c.destroy("host-a", "primary")
@@ -201,12 +177,11 @@ def test_start_primary_refuses_to_create_over_a_pair(agents: StartAgent) -> None
     nothing created (a new empty domain would be copied over the secondary)."""
     a = agents("host-a")
     spec = colo_pb2.DomainSpec(domain="web", sim=colo_pb2.SimDomainSpec(pages=256, seed=1))
-    req = colo_pb2.StartPrimaryRequest(
-        domain="web", generation=2, epoch=5, spec=spec, pair_secret=b"s" * 32, peer_data_address="127.0.0.1:1"
-    )
+    req = start_primary("web", create=False, spec=spec, generation=2, epoch=5)
     with pytest.raises(grpc.RpcError) as err:
         a.stub.StartPrimary(req, timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "refusing to create" in (err.value.details() or "")
+    assert refusal(lambda: a.stub.StartPrimary(req, timeout=10))[1] == "NO_GUEST"
     status = a.stub.GetStatus(colo_pb2.GetStatusRequest(), timeout=5)
     assert not status.domains

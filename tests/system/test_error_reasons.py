@@ -12,63 +12,38 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster import AgentProcess, StartAgent, protect, start_agent
+from cluster import AgentProcess, StartAgent, protect, start_agent, start_primary
 from cluster import sim_spec as agent_spec
 from coordinated import CoordinatorProcess, agents_alive, sim_spec, start_coordinator, wait_for
+from world import Cluster, refusal
 
 from colo_plane._proto import colo_pb2
-from colo_plane.rpc import error_info, reason_name
+from colo_plane.rpc import reason_name
 
 pytestmark = pytest.mark.system
 
 R = colo_pb2
 
 
-@dataclass
-class World:
-    coord: CoordinatorProcess
-    agents: dict[str, AgentProcess]
-    pair: colo_pb2.Pair  # "web", PROTECTED, host-a primary, host-b secondary
-
-    def agent(self, host: str) -> AgentProcess:
-        return self.agents[host]
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("reasons")
-    coord = start_coordinator(tmp)
-    agents = {h: start_agent(tmp, h, coord.address) for h in ("host-a", "host-b", "host-c")}
-    wait_for("agents", lambda: agents_alive(coord, 3), timeout=15)
-    req = colo_pb2.ProtectDomainRequest(
-        spec=sim_spec("web", interval=1.0), primary_host="host-a", secondary_host="host-b", wait=True
-    )
-    pair = coord.stub.ProtectDomain(req, timeout=60).pair
-    yield World(coord, agents, pair)
-    for a in agents.values():
-        a.stop()
-    coord.stop()
+    cluster = Cluster(tmp_path_factory.mktemp("reasons"))
+    pair = cluster.protect(sim_spec("web", interval=1.0))
+    yield World(cluster, pair)
+    cluster.close()
 
 
-def _refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, dict[str, str]]:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    info = error_info(err.value)
-    assert info is not None, f"no ErrorInfo on {err.value.code()}: {err.value.details()}"
-    assert info.domain == "colo.v1"
-    return err.value.code(), info.reason, dict(info.metadata)
+@dataclass
+class World:
+    cluster: Cluster
+    pair: colo_pb2.Pair  # "web", PROTECTED, host-a primary, host-b secondary
 
+    @property
+    def coord(self) -> CoordinatorProcess:
+        return self.cluster.coord
 
-def _start_primary(domain: str, *, create: bool, peer: str = "127.0.0.1:1") -> colo_pb2.StartPrimaryRequest:
-    return colo_pb2.StartPrimaryRequest(
-        domain=domain,
-        generation=1,
-        epoch=1,
-        spec=agent_spec(domain, pages=64),
-        pair_secret=b"s" * 32,
-        peer_data_address=peer,
-        create_domain=create,
-    )
+    def agent(self, host: str) -> AgentProcess:
+        return self.cluster.agents[host]
 
 
 # (name, code, reason, call) — each call must be refused with that code and reason.
@@ -211,13 +186,13 @@ AGENT_CASES: list[Case] = [
         "re-protect-without-a-guest",
         grpc.StatusCode.FAILED_PRECONDITION,
         R.ERROR_REASON_NO_GUEST,
-        lambda w: w.agent("host-c").stub.StartPrimary(_start_primary("ghost", create=False), timeout=10),
+        lambda w: w.agent("host-c").stub.StartPrimary(start_primary("ghost", create=False), timeout=10),
     ),
     (
         "peer-unreachable",
         grpc.StatusCode.UNAVAILABLE,
         R.ERROR_REASON_PEER_UNREACHABLE,
-        lambda w: w.agent("host-c").stub.StartPrimary(_start_primary("lonely", create=True), timeout=10),
+        lambda w: w.agent("host-c").stub.StartPrimary(start_primary("lonely", create=True), timeout=10),
     ),
 ]
 
@@ -230,7 +205,7 @@ AGENT_CASES: list[Case] = [
 def test_every_refusal_carries_its_reason(
     world: World, name: str, code: grpc.StatusCode, reason: int, call: Callable[[World], object]
 ) -> None:
-    got_code, got_reason, metadata = _refusal(lambda: call(world))
+    got_code, got_reason, metadata = refusal(lambda: call(world))
     assert (got_code, got_reason) == (code, reason_name(reason)), name  # type: ignore[arg-type]
     if reason == R.ERROR_REASON_INVALID_FIELD and name == "bad-spec":
         assert metadata["field"] == "spec.sim.pages"
@@ -251,20 +226,20 @@ def test_states_that_refuse(world: World) -> None:
     )
     first = stub.ProtectDomain(req, timeout=60).pair
     stub.UnprotectDomain(colo_pb2.UnprotectDomainRequest(domain="tmp"), timeout=10)
-    code, reason, _ = _refusal(
+    code, reason, _ = refusal(
         lambda: stub.Checkpoint(colo_pb2.CoordinatorCheckpointRequest(domain="tmp"), timeout=5)
     )
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "WRONG_STATE")
     again = stub.ProtectDomain(req, timeout=60).pair
     assert again.generation > first.generation
     stale = colo_pb2.RequestCheckpointRequest(domain="tmp", generation=first.generation, host_id="host-c")
-    code, reason, _ = _refusal(lambda: stub.RequestCheckpoint(stale, timeout=5))
+    code, reason, _ = refusal(lambda: stub.RequestCheckpoint(stale, timeout=5))
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "STALE_GENERATION")
     stub.UnprotectDomain(colo_pb2.UnprotectDomainRequest(domain="tmp"), timeout=10)
     stub.DrainHost(colo_pb2.DrainHostRequest(host_id="host-c"), timeout=10)
     try:
         busy = colo_pb2.ProtectDomainRequest(spec=sim_spec("tmp2"), primary_host="host-c")
-        code, reason, _ = _refusal(lambda: stub.ProtectDomain(busy, timeout=5))
+        code, reason, _ = refusal(lambda: stub.ProtectDomain(busy, timeout=5))
         assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "HOST_UNUSABLE")
     finally:
         stub.DrainHost(colo_pb2.DrainHostRequest(host_id="host-c", cancel=True), timeout=10)
@@ -276,7 +251,7 @@ def test_no_placement(tmp_path: Path) -> None:
     try:
         wait_for("agent", lambda: agents_alive(coord, 1), timeout=15)
         req = colo_pb2.ProtectDomainRequest(spec=sim_spec("web"), primary_host="host-a")
-        code, reason, _ = _refusal(lambda: coord.stub.ProtectDomain(req, timeout=10))
+        code, reason, _ = refusal(lambda: coord.stub.ProtectDomain(req, timeout=10))
         assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_PLACEMENT")
     finally:
         agent.stop()
@@ -294,17 +269,17 @@ def test_agent_refusals_of_a_pair_in_play(agents: StartAgent) -> None:
         ),
         timeout=10,
     )
-    wrong = _start_primary("vm1", create=True, peer=b.data)
+    wrong = start_primary("vm1", create=True, peer=b.data)
     wrong.spec.CopyFrom(spec)
     wrong.pair_secret = b"x" * 32
-    code, reason, _ = _refusal(lambda: a.stub.StartPrimary(wrong, timeout=10))
+    code, reason, _ = refusal(lambda: a.stub.StartPrimary(wrong, timeout=10))
     assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PEER_REFUSED")
     b.stub.Release(colo_pb2.ReleaseRequest(domain="vm1", generation=1), timeout=10)
     a.stub.Release(colo_pb2.ReleaseRequest(domain="vm1", generation=1), timeout=10)
     protect(a, b, spec, generation=2)
     os.kill(a.proc.pid, signal.SIGUSR1)
     wait_for("gone", lambda: a.status("vm1").domain_gone or None)
-    code, reason, _ = _refusal(
+    code, reason, _ = refusal(
         lambda: a.stub.Checkpoint(
             colo_pb2.AgentCheckpointRequest(domain="vm1", generation=2, epoch=9), timeout=5
         )

@@ -71,7 +71,7 @@ async def _cluster(tmp: Path, fail_prepares: int) -> tuple[Coordinator, list[tup
     core.registry.connect = lambda host: None  # type: ignore[method-assign]
     await core.start()
     for host in ("a", "b"):
-        await core.register_agent(
+        await core.hosts.register_agent(
             colo_pb2.RegisterAgentRequest(
                 host_id=host,
                 incarnation="i-" + host,

@@ -86,7 +86,7 @@ def test_the_coordinators_own_stall_is_not_an_agents_silence(tmp_path: Path) -> 
         core = Coordinator(SqliteStore(tmp_path / "c.db"), Settings())
         clock = [1000.0]
         core.detector.clock = lambda: clock[0]
-        await core.register_agent(_registration("a"))
+        await core.hosts.register_agent(_registration("a"))
         agent = core.registry.agents["a"]
         clock[0] += 0.3
         core.detector._stalled += 0.3  # what _run adds when its tick comes 0.3 s late
@@ -101,11 +101,11 @@ def test_a_flapping_host_takes_no_new_role_and_waits_longer(tmp_path: Path) -> N
     async def go() -> None:
         core = Coordinator(SqliteStore(tmp_path / "c.db"), Settings())
         for host in ("a", "b"):
-            await core.register_agent(_registration(host))
+            await core.hosts.register_agent(_registration(host))
         floor = core.detector.timeout("b")
         for _ in range(FLAP_LIMIT):
             core.detector.agent_lost(core.registry.agents["b"], "test", "silent")
-            await core.register_agent(_registration("b"))
+            await core.hosts.register_agent(_registration("b"))
         agent = core.registry.agents["b"]
         assert agent.flapping and agent.alive
         assert core.detector.timeout("b") >= 2 * floor

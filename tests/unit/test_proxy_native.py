@@ -5,59 +5,22 @@ from __future__ import annotations
 
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from proxykit import FRAME, attach, client, frame, read_frames, read_line
 
 from colo_plane.native import (
-    ArmResult,
-    ArmWhy,
     BackendError,
-    Disarmed,
     Domain,
     ErrorCode,
-    InvalidArgument,
     Mirror,
-    NativeError,
     Proxy,
     ProxyEvent,
     ProxyEventKind,
 )
-
-FRAME = struct.Struct(">QI")
-
-
-def frame(seq: int, payload: bytes) -> bytes:
-    return FRAME.pack(seq, len(payload)) + payload
-
-
-def read_frames(sock: socket.socket, count: int, timeout: float = 5.0) -> list[tuple[int, bytes]]:
-    sock.settimeout(timeout)
-    buf, out = b"", []
-    while len(out) < count:
-        chunk = sock.recv(65536)
-        assert chunk, "link closed"
-        buf += chunk
-        while len(buf) >= FRAME.size:
-            seq, n = FRAME.unpack_from(buf)
-            if len(buf) < FRAME.size + n:
-                break
-            out.append((seq, buf[FRAME.size : FRAME.size + n]))
-            buf = buf[FRAME.size + n :]
-    return out
-
-
-def read_line(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    sock.settimeout(timeout)
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = sock.recv(1)
-        assert chunk, f"closed after {buf!r}"
-        buf += chunk
-    return buf
 
 
 def nothing_arrives(sock: socket.socket, within: float = 0.2) -> bool:
@@ -88,16 +51,6 @@ def proxy(dom: Domain) -> Iterator[tuple[Proxy, tuple[str, int]]]:
     p = Proxy(dom, listener, reply_timeout=0.3)
     yield p, address
     p.close()
-
-
-def attach(p: Proxy) -> socket.socket:
-    ours, theirs = socket.socketpair()
-    p.attach(theirs)
-    return ours
-
-
-def client(address: tuple[str, int]) -> socket.socket:
-    return socket.create_connection(address, timeout=5)
 
 
 def test_unprotected_replies_go_straight_out_and_seqs_follow_the_guest(
@@ -326,103 +279,6 @@ def test_a_request_both_guests_refuse_is_answered_alike_and_released(
         p.detach()
         mirror.close()
         secondary.close()
-
-
-# ---- armed checkpoints (colo_proxy_await / fire / disarm) -------------------------
-
-
-def _await_in_thread(p: Proxy, token: int, timeout: float) -> tuple[threading.Thread, list[object]]:
-    """Runs await_divergence on a thread (as the agent does); out gets its result or exception."""
-    out: list[object] = []
-
-    def run() -> None:
-        try:
-            out.append(p.await_divergence(token, timeout))
-        except NativeError as exc:
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
-
-
-def test_an_armed_wait_ends_the_moment_a_reply_is_held(proxy: tuple[Proxy, tuple[str, int]]) -> None:
-    p, address = proxy
-    link = attach(p)
-    thread, out = _await_in_thread(p, token=7, timeout=10.0)
-    time.sleep(0.05)
-    assert thread.is_alive()  # nothing held: it waits
-    c = client(address)
-    c.sendall(b"SET k v\n")
-    read_frames(link, 1)
-    t0 = time.monotonic()
-    link.sendall(frame(1, b"OK t=99\n"))  # differs: held
-    thread.join(timeout=5)
-    assert time.monotonic() - t0 < 1.0
-    (result,) = out
-    assert isinstance(result, ArmResult)
-    assert (result.why, result.seq, result.reason) == (ArmWhy.DIVERGENCE, 1, "mismatch")
-    # Still held: a new wait starts at once (the checkpoint that covers it has not come).
-    assert p.await_divergence(8, 5.0).why is ArmWhy.DIVERGENCE
-    p.checkpoint_done(8, 1)
-    assert read_line(c) == b"OK\n"
-    assert p.await_divergence(9, 0.05).why is ArmWhy.TIMER  # nothing held any more
-
-
-def test_an_armed_wait_times_out_as_a_timer_checkpoint(proxy: tuple[Proxy, tuple[str, int]]) -> None:
-    p, _ = proxy
-    link = attach(p)
-    t0 = time.monotonic()
-    result = p.await_divergence(1, 0.2)
-    assert result.why is ArmWhy.TIMER
-    assert 0.15 < time.monotonic() - t0 < 2.0
-    link.close()
-
-
-def test_fire_starts_only_the_armed_epoch_it_names(proxy: tuple[Proxy, tuple[str, int]]) -> None:
-    p, _ = proxy
-    link = attach(p)
-    p.fire(4)  # a late fire of an epoch that is over
-    assert p.await_divergence(5, 0.1).why is ArmWhy.TIMER  # does not touch the next one
-    thread, out = _await_in_thread(p, token=6, timeout=10.0)
-    time.sleep(0.05)
-    p.fire(6)
-    thread.join(timeout=5)
-    assert [r.why for r in out if isinstance(r, ArmResult)] == [ArmWhy.FIRED]
-    link.close()
-
-
-@pytest.mark.parametrize("how", ["disarm", "detach", "unprotect", "link lost"])
-def test_an_armed_wait_ends_without_a_checkpoint(proxy: tuple[Proxy, tuple[str, int]], how: str) -> None:
-    p, _ = proxy
-    link = attach(p)
-    p.disarm(2)  # a late disarm of another epoch: no effect
-    thread, out = _await_in_thread(p, token=3, timeout=10.0)
-    time.sleep(0.05)
-    assert thread.is_alive()
-    if how == "disarm":
-        p.disarm(3)
-    elif how == "detach":
-        p.detach()
-    elif how == "unprotect":
-        p.unprotect()
-    else:
-        link.close()
-    thread.join(timeout=5)
-    (result,) = out
-    assert isinstance(result, Disarmed), result
-    assert result.code == ErrorCode.DISARMED
-    assert "armed checkpoint 3" in str(result)
-
-
-def test_an_armed_wait_needs_a_link_and_a_token(proxy: tuple[Proxy, tuple[str, int]]) -> None:
-    p, _ = proxy
-    with pytest.raises(Disarmed, match="runs unprotected"):
-        p.await_divergence(1, 1.0)  # never attached: nothing to wait for
-    link = attach(p)
-    with pytest.raises(InvalidArgument, match="token 0"):
-        p.await_divergence(0, 1.0)
-    link.close()
 
 
 def test_polling_threads_serve_like_sleeping_ones(dom: Domain) -> None:
