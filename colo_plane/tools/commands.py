@@ -121,10 +121,10 @@ def register(sub: Any) -> None:
         "--checkpoints",
         type=int,
         default=0,
-        help="checkpoints per size over all rounds (default: 1,005 for a p99 where a 48 GB budget allows, "
-        "else what it allows: a p90 and the max)",
+        help="checkpoints per size over all rounds, each paired with a raw transfer (default: 1,005 for a "
+        "p99 where a 48 GB budget allows, else what it allows: a p90)",
     )
-    bckpt.add_argument("--rounds", type=int, default=0, help="rounds of (raw, checkpoints) (default 15)")
+    bckpt.add_argument("--rounds", type=int, default=0, help="rounds of (raw, checkpoint) pairs (default 15)")
     bckpt.add_argument("--json", action="store_true", help="one JSON object of the figures")
     bckpt.set_defaults(func=_cmd_bench_checkpoint)
     bsvc = bench_sub.add_parser("service", help="loadgen protected vs unprotected, same guest, same run")

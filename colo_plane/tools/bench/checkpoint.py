@@ -1,11 +1,11 @@
 """`colo bench checkpoint`: the primary's pause time through the real
 protocol code (PrimaryLink and SecondaryLoop over loopback TCP), with the
 dirty set forced to an exact size, against the ideal pause of moving the
-same bytes over raw TCP.  In rounds (harness): each round times a few raw
-transfers of one checkpoint's bytes and a batch of checkpoints, alternating
-which goes first, so the raw transfers meet the same minutes, and the same
-scheduler, as the pauses; the ideal is their median, the tail is from every
-pause of the run pooled."""
+same bytes over raw TCP.  Every checkpoint is paired with a raw transfer of
+its bytes, back to back, alternating which goes first (harness), so a
+neighbour's time slice lands on the raw transfers as often as on the
+pauses; the tail (p99) of the pauses is judged against the same tail of
+the raw transfers (harness.paired_tail), every pair of the run pooled."""
 
 from __future__ import annotations
 
@@ -22,16 +22,18 @@ from colo_plane.agent.primary import PrimaryLink
 from colo_plane.agent.secondary import SecondaryLoop
 from colo_plane.agent.syncpoints import SyncPoint
 from colo_plane.tools.bench import harness
-from colo_plane.tools.bench.loopback import RawLink, tcp_pair
+from colo_plane.tools.bench.loopback import RawPeer, tcp_pair
 from colo_plane.tools.bench.stream import RECORD_BYTES, stream_bytes
 
 GOAL_FACTOR = 1.5
 GOAL_SLACK_MS = 2.0
-ROUNDS = 15  # rounds: the raw CV (the machine's noise) across 15 medians of a round each
-RAW_SHARE = 4  # raw transfers per round: a quarter of the round's checkpoints (at least 3)
+# Rounds: the units the bootstrap resamples, and the raw CV (the machine's
+# noise) across 15 medians of a round each.
+ROUNDS = 15
 # Bytes a size's checkpoints may move when no count is asked for: enough
 # for a pooled p99 (1,000 samples) up to 10,000 pages (41 MB each), a p90
-# above (100,000 pages: 105 checkpoints); 80 s in all on a quiet machine.
+# above (100,000 pages: 105 checkpoints); each has a raw transfer beside
+# it, 80-90 s in all.
 BUDGET_BYTES = 48e9
 WARMUP_CHECKPOINTS = 3
 
@@ -50,14 +52,17 @@ class CaseResult:
     tail_interval_ms: tuple[float, float]  # its 95 % interval (harness.tail_interval)
     round_p50_ms: harness.Spread  # each round's median pause, across rounds
     raw_gbps: harness.Spread  # each round's raw TCP rate (bytes / its median raw transfer)
-    ideal_ms: float  # the median raw transfer of the same bytes, every one of the run pooled
-    ideal_interval_ms: tuple[float, float]  # that median's 95 % interval
+    raw_ms: harness.Tail  # every raw transfer of the run, pooled (one per checkpoint)
+    p50_over_raw: harness.Spread  # each round's median pause / its median raw transfer
+    ideal_ms: float  # the same percentile (tail) of the raw transfers
+    ideal_interval_ms: tuple[float, float]  # its 95 % interval
     tail_over_ideal: float
+    tail_over_ideal_interval: tuple[float, float]  # its 95 % bootstrap interval (whole rounds)
     goal_ms: float  # 1.5 x ideal + 2 ms
     goal_over_ideal: float
     noise: harness.Noise
-    verdict: harness.Verdict  # the p99 against goal_ms (harness.judge_tail)
-    met: bool | None  # None: this run cannot tell (within its noise, or too few checkpoints)
+    verdict: harness.Verdict  # tail / goal_ms against 1 (harness.paired_tail)
+    met: bool | None  # None: this run cannot tell (the bootstrap interval straddles the goal)
     warnings: list[str]
 
 
@@ -87,7 +92,6 @@ def _secondary(sock: socket.socket, domain_pages: int, result: Connection) -> No
 
 def run_case(dirty: int, checkpoints: int, rounds: int, domain_pages: int) -> CaseResult:
     per_round = math.ceil(checkpoints / rounds)
-    bursts = max(3, math.ceil(per_round / RAW_SHARE))
     primary = native.Domain.sim(pages=domain_pages, seed=1)
     tx, rx = tcp_pair()
     theirs, mine = multiprocessing.get_context("fork").Pipe(duplex=False)
@@ -100,31 +104,24 @@ def run_case(dirty: int, checkpoints: int, rounds: int, domain_pages: int) -> Ca
         link = PrimaryLink(domain="bench", generation=1, dom=primary, sock=tx, verify=False, sink=_ignore)
         link.first_boot(epoch)
 
-        def batch(count: int) -> list[float]:
+        def pause() -> float:
             nonlocal epoch, sent
-            pauses = []
-            for _ in range(count):
-                epoch += 1
-                primary.sim_dirty(native.Bitmap.random(domain_pages, dirty, seed=epoch))
-                outcome = link.checkpoint(epoch)
-                if outcome.stats.dirty_d != dirty:
-                    raise RuntimeError(f"bench: D has {outcome.stats.dirty_d} pages, forced {dirty}")
-                pauses.append(outcome.stats.pause_ns / 1e6)
-                sent = outcome.stats.bytes
-            return pauses
+            epoch += 1
+            primary.sim_dirty(native.Bitmap.random(domain_pages, dirty, seed=epoch))
+            outcome = link.checkpoint(epoch)
+            if outcome.stats.dirty_d != dirty:
+                raise RuntimeError(f"bench: D has {outcome.stats.dirty_d} pages, forced {dirty}")
+            sent = outcome.stats.bytes
+            return outcome.stats.pause_ns / 1e6
 
-        batch(WARMUP_CHECKPOINTS)  # the secondary's first applies fault its pages in
-        # The baseline moves one checkpoint's bytes from a buffer as large, as
-        # a burst of its own (a thread start, ~0.1 ms, on top: the ideal errs
-        # on the generous side), a few times a round.
-        raw = RawLink(sent, min(sent, RECORD_BYTES))
-        raw.seconds(sent)  # first touch of the buffers: page faults are not noise
-
-        def baseline() -> list[float]:
-            return [raw.seconds(sent) * 1e3 for _ in range(bursts)]
-
+        for _ in range(WARMUP_CHECKPOINTS):  # the secondary's first applies fault its pages in
+            pause()
+        # The baseline writes one checkpoint's bytes from a buffer as large
+        # to a process of its own, once beside every checkpoint.
+        raw = RawPeer(sent, min(sent, RECORD_BYTES), sent, rounds * per_round + 1)
         try:
-            runs = harness.interleave(rounds, baseline, lambda: batch(per_round))
+            raw.seconds()  # first touch of the buffers: page faults are not noise
+            pairs = harness.interleave(rounds * per_round, lambda: raw.seconds() * 1e3, pause)
         finally:
             raw.close()
         primary.pause()
@@ -139,27 +136,19 @@ def run_case(dirty: int, checkpoints: int, rounds: int, domain_pages: int) -> Ca
         tx.close()
         child.join(30)
         primary.close()
-    pauses = [p for r in runs for p in r.subject]
+    runs = [
+        [(p.baseline, p.subject) for p in pairs[i * per_round : (i + 1) * per_round]] for i in range(rounds)
+    ]
+    pauses = [s for r in runs for _, s in r]
     pooled = harness.Tail.of(pauses)
-    label, tail = pooled.top
-    # The ideal, like the tail, from every sample of the run pooled: the
-    # median raw transfer and its interval (the goal's interval follows).
-    ideals = harness.Spread.of([t for r in runs for t in r.baseline])
-
-    def goal_of(ideal: float) -> float:
-        return GOAL_FACTOR * ideal + GOAL_SLACK_MS
-
-    ideal = ideals.median
-    ideal_interval = (ideals.median_lo, ideals.median_hi)
-    round_ideals = [statistics.median(r.baseline) for r in runs]
-    interval = harness.tail_interval(label, pauses)
-    # The goal is on the p99; with fewer checkpoints than it needs the
-    # verdict rests on the p90 and the max, or says it cannot tell.
-    verdict = harness.judge_tail(
-        "p99", pauses, goal_of(ideal), goal_interval=(goal_of(ideal_interval[0]), goal_of(ideal_interval[1]))
-    )
+    # The goal is on the p99; with fewer checkpoints than a p99 needs, on the
+    # p90 (of both the pauses and the raw transfers).
+    tail = harness.paired_tail(runs, factor=GOAL_FACTOR, slack=GOAL_SLACK_MS)
+    round_ideals = [statistics.median(b for b, _ in r) for r in runs]
+    round_pauses = [statistics.median(s for _, s in r) for r in runs]
     noise = harness.Noise.of("raw TCP baseline", round_ideals)
     raw_gbps = harness.Spread.of([sent / (t / 1e3) / 1e9 for t in round_ideals])
+    verdict = tail.verdict
     return CaseResult(
         dirty_pages=dirty,
         checkpoints=pooled.samples,
@@ -168,16 +157,19 @@ def run_case(dirty: int, checkpoints: int, rounds: int, domain_pages: int) -> Ca
         pause_ms=pooled,
         pause_p50_ms=pooled.p50,
         pause_p99_ms=pooled.p99,
-        tail=label,
-        tail_ms=tail,
-        tail_interval_ms=interval,
-        round_p50_ms=harness.Spread.of([harness.percentile_of("p50", r.subject) for r in runs]),
+        tail=tail.label,
+        tail_ms=tail.subject,
+        tail_interval_ms=tail.subject_interval,
+        round_p50_ms=harness.Spread.of(round_pauses),
         raw_gbps=raw_gbps,
-        ideal_ms=ideal,
-        ideal_interval_ms=ideal_interval,
-        tail_over_ideal=tail / ideal,
-        goal_ms=goal_of(ideal),
-        goal_over_ideal=goal_of(ideal) / ideal,
+        raw_ms=harness.Tail.of([b for r in runs for b, _ in r]),
+        p50_over_raw=harness.Spread.of([p / b for p, b in zip(round_pauses, round_ideals, strict=True)]),
+        ideal_ms=tail.baseline,
+        ideal_interval_ms=tail.baseline_interval,
+        tail_over_ideal=tail.ratio,
+        tail_over_ideal_interval=tail.ratio_interval,
+        goal_ms=tail.goal,
+        goal_over_ideal=tail.goal / tail.baseline,
         noise=noise,
         verdict=verdict,
         met=verdict.met,
@@ -204,27 +196,30 @@ def _ms(value: float) -> str:
 def render(results: list[CaseResult]) -> str:
     rounds = results[0].rounds if results else 0
     lines = [
-        f"colo bench checkpoint: {rounds} rounds of (raw TCP, checkpoints), alternating which goes first",
+        f"colo bench checkpoint: {rounds} rounds of (raw TCP, checkpoint) pairs, alternating which is first",
         f"{'dirty':>7}{'ckpts':>6}{'MB':>7}{'p50 ms':>8}{'tail ms (95% CI)':>22}{'max ms':>8}"
-        f"{'ideal ms (95% CI)':>20}{'tail/ideal':>11}{'goal':>6}{'raw CV':>7}  met",
+        f"{'ideal ms (95% CI)':>20}{'tail/ideal (95% CI)':>21}{'goal':>6}{'raw CV':>7}  met",
     ]
     for r in results:
         t = r.pause_ms
         lo, hi = r.tail_interval_ms
         ilo, ihi = r.ideal_interval_ms
+        rlo, rhi = r.tail_over_ideal_interval
         tail = f"{r.tail} {_ms(r.tail_ms)} ({_ms(lo)}-{_ms(hi)})"
         ideal = f"{_ms(r.ideal_ms)} ({_ms(ilo)}-{_ms(ihi)})"
+        ratio = f"{r.tail_over_ideal:.2f} ({rlo:.2f}-{rhi:.2f})"
         lines.append(
             f"{r.dirty_pages:>7}{r.checkpoints:>6}{r.bytes_per_checkpoint / 1e6:>7.1f}{_ms(t.p50):>8}"
-            f"{tail:>22}{_ms(t.max):>8}{ideal:>20}{r.tail_over_ideal:>11.2f}{r.goal_over_ideal:>6.2f}"
+            f"{tail:>22}{_ms(t.max):>8}{ideal:>20}{ratio:>21}{r.goal_over_ideal:>6.2f}"
             f"{r.noise.cv:>7.0%}  {r.verdict.word()}"
         )
     lines.append(
-        "pause = primary suspended to resumed, every checkpoint of the run pooled; tail = p99 with >= 1,000\n"
-        "checkpoints, else p90 (>= 100) or the max; ideal = raw TCP moving the same bytes (the median, all\n"
-        "rounds pooled); goal: p99 <= 1.5 x ideal + 2 ms, i.e. tail/ideal <= goal (below 1,000 checkpoints:\n"
-        "met if the max is within it, NO if the p90 is past it); ? where the tail is as near the goal as\n"
-        "the noise of their 95% CIs reaches (this run cannot tell); raw CV = the machine's noise"
+        "pause = primary suspended to resumed; each checkpoint paired with a raw TCP transfer of its bytes,\n"
+        "back to back; tail = p99 of the pauses with >= 1,000 pairs, else p90 (>= 100); ideal = the same\n"
+        "percentile of the raw transfers (a neighbour's time slice hits both alike); goal: tail <= 1.5 x\n"
+        "ideal + 2 ms, i.e. tail/ideal <= goal; tail/ideal's 95% CI: a bootstrap of whole rounds; met or NO\n"
+        "where that interval is on one side of the goal, else ? (this run cannot tell); raw CV = the\n"
+        "machine's noise: the round medians of the raw transfers"
     )
     lines += harness.render_warnings([w for r in results for w in r.warnings])
     return "\n".join(lines)

@@ -3,6 +3,7 @@ would have; the raw C baseline over it; and a probe of the machine's noise."""
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
 import threading
 import time
@@ -69,6 +70,53 @@ class RawLink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drain(sock: socket.socket, buffer_bytes: int, chunk: int, total: int, count: int) -> None:
+    """RawPeer's receiver: count transfers of total bytes, a byte back after each."""
+    buf = rawio.RawBuffer(buffer_bytes)
+    for _ in range(count):
+        rawio.raw_recv(sock, buf, total, chunk)
+        sock.sendall(b"\x01")
+    sock.close()
+
+
+class RawPeer:
+    """The ideal of a primary's pause: total bytes written from the calling
+    thread into a connection that a process of its own drains, as the
+    secondary does; timed until the last write returns, as the pause is
+    (native/checkpoint.c).  The receiver's byte back after each transfer is
+    not timed: it only keeps the next transfer from starting on a full
+    socket.  No thread is started per transfer, as none is per checkpoint:
+    under load the thread-per-transfer baseline (RawLink) had a p99 5-20x
+    its median, worse than the pauses it was to be the ideal of."""
+
+    def __init__(self, buffer_bytes: int, chunk: int, total: int, count: int) -> None:
+        self.buf = rawio.RawBuffer(buffer_bytes)
+        self.chunk, self.total, self.left = chunk, total, count
+        self.tx, rx = tcp_pair()
+        ctx = multiprocessing.get_context("fork")
+        self._child = ctx.Process(target=_drain, args=(rx, buffer_bytes, chunk, total, count))
+        self._child.start()
+        rx.close()
+
+    def seconds(self) -> float:
+        if self.left == 0:
+            raise RuntimeError("bench: RawPeer: no transfers left")
+        self.left -= 1
+        start = time.perf_counter()
+        rawio.raw_send(self.tx, self.buf, self.total, self.chunk)
+        elapsed = time.perf_counter() - start
+        if self.tx.recv(1) != b"\x01":
+            raise RuntimeError("bench: the raw receiver ended early")
+        return elapsed
+
+    def close(self) -> None:
+        self.tx.close()  # a receiver still waiting for bytes sees the end and fails
+        self._child.join(30)
+        if self._child.is_alive():
+            self._child.kill()
+            self._child.join()
 
 
 class Probe:
