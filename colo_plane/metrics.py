@@ -99,6 +99,11 @@ VERIFY_FAILURES = Counter(
 )
 VERIFY_CHECKS = Counter("colo_verify_checks_total", "Checkpoints verified (verify mode)")
 FENCED = Counter("colo_fenced_total", "Commands or records refused for an older generation", ["what"])
+NIC_COMPARES = Counter(
+    "colo_nic_compares_total",
+    "NIC proxy output frames by protocol and compare result (equal, passed, mismatch, timeout, uncomparable)",
+    ["protocol", "result"],
+)
 PROXY_REQUESTS = Counter("colo_proxy_requests_total", "Client requests through the COLO proxy (primary)")
 DIVERGENCES = Counter(
     "colo_divergences_total",
@@ -230,6 +235,7 @@ AGENT: tuple[MetricWrapperBase, ...] = (
     VERIFY_CHECKS,
     FENCED,
     PROXY_REQUESTS,
+    NIC_COMPARES,
     DIVERGENCES,
     PROXY_BACKPRESSURE,
     PROXY_CLIENTS_PAUSED,

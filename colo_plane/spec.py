@@ -241,6 +241,8 @@ def check_spec(spec: colo_pb2.DomainSpec) -> None:
     if spec.HasField("network"):
         check_ifname(spec.network.interface, field="spec.network.interface")
         check_ifname(spec.network.uplink, field="spec.network.uplink")
+        if spec.network.secondary_interface:
+            check_ifname(spec.network.secondary_interface, field="spec.network.secondary_interface")
 
 
 IFNAME_BYTES = 15  # Linux's IFNAMSIZ less its NUL

@@ -69,7 +69,8 @@ static int send_state(int fd, colo_domain *dom, colo_bitmap *a, colo_bitmap *b, 
 {
     const struct colo_ckpt_test_hooks *hooks = test_hooks(opt);
     int rc;
-    out->last_seq = service_seq(dom);
+    /* paused: nothing more reaches the guest before the state is sent */
+    out->last_seq = opt->netproxy ? colo_np_last_seq(opt->netproxy) : service_seq(dom);
     if ((rc = colo_domain_dirty_read_clear(dom, a)) != COLO_OK)
         return rc;
     rc = hooks->send_only_a ? colo_bitmap_copy(d, a) : colo_bitmap_union(d, a, b);
@@ -143,6 +144,8 @@ int colo_primary_checkpoint(int fd, colo_reader *back, colo_domain *dom, colo_bi
     out->t_resumed_ns = colo_now_ns();
     if (opt->proxy)  /* every client waiting on the checkpoint goes on now, not after a trip through Python */
         colo_proxy_checkpoint_done(opt->proxy, opt->epoch, out->last_seq);
+    if (opt->netproxy)  /* the NIC's held frames likewise */
+        colo_np_checkpoint_done(opt->netproxy, opt->epoch, out->last_seq);
     return COLO_OK;
 }
 
@@ -199,8 +202,11 @@ static int secondary_steps(int fd, colo_reader *fwd, colo_domain *dom, colo_bitm
     pause_start = colo_now_ns();
     if ((rc = secondary_suspend(fd, dom, dirty, opt, timeout_ms, out)) ||
         (rc = expect(fwd, COLO_EV_CHECKPOINT, 0, opt->epoch, "CHECKPOINT", &ev)) ||
-        (rc = secondary_applied(fd, dom, dirty, opt, &ev, timeout_ms, out)) ||
-        (rc = colo_domain_unpause(dom)))
+        (rc = secondary_applied(fd, dom, dirty, opt, &ev, timeout_ms, out)))
+        return rc;
+    if (opt->netproxy)  /* forwarded frames the new state includes are not injected again */
+        colo_np_checkpoint_done(opt->netproxy, opt->epoch, out->last_seq);
+    if ((rc = colo_domain_unpause(dom)))
         return rc;
     out->pause_ns = colo_now_ns() - pause_start;
     out->t_resumed_ns = colo_now_ns();

@@ -603,6 +603,10 @@ struct colo_ckpt_options {
                               * (one a page); NULL: no VERIFY exchange */
     colo_proxy *proxy;       /* primary: its held replies the checkpoint covers are released
                               * the moment SECONDARY_RESUMED arrives (NULL: the caller does) */
+    colo_np *netproxy;       /* the domain's NIC proxy (NULL: none).  Primary: last_seq is its
+                              * colo_np_last_seq while paused, and its held output the checkpoint
+                              * covers is released at SECONDARY_RESUMED.  Secondary: told the
+                              * applied last_seq (colo_np_checkpoint_done) before the guest resumes */
     const struct colo_ckpt_test_hooks *test_hooks;  /* primary, tests only; NULL in production
                                                      * (the secondary refuses any: COLO_E_INVAL) */
 };

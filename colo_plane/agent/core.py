@@ -16,7 +16,7 @@ import grpc
 from colo_plane import addresses, metrics, native
 from colo_plane import spec as bounds
 from colo_plane._proto import colo_pb2, colo_pb2_grpc
-from colo_plane.agent import datalink, domains, handshake, proxy
+from colo_plane.agent import datalink, domains, handshake, nicproxy, proxy
 from colo_plane.agent.arming import Arming, started_by
 from colo_plane.agent.flags import POLL_US
 from colo_plane.agent.primary import Outcome, PrimaryLink
@@ -231,10 +231,32 @@ class AgentCore:
                 replica.domain,
             )
             return
+        if replica.spec.HasField("network"):
+            self._secondary_nic(replica, link)
+            return
         replica.proxy_task = asyncio.create_task(
             proxy.SecondaryProxy(replica.domain, replica.dom, poll_us=self.config.poll_us).run(link),
             name=f"proxy-{replica.domain}",
         )
+
+    @staticmethod
+    def _secondary_nic(replica: Replica, link: socket.socket) -> None:
+        """The secondary's NIC proxy, fed over the pair's proxy link; it stays
+        with the replica (a promotion bridges it to the uplink)."""
+        if replica.nic is not None:
+            replica.nic.close()  # a new primary's link: the old proxy's frames are gone with it
+            replica.nic = None
+        nic = domains.guest_nic(replica.spec.network, secondary=True)
+        try:
+            replica.nic = nicproxy.start_secondary(replica.spec, nic, link)
+        except (native.NativeError, OSError, ValueError) as exc:
+            link.close()
+            replica.last_error = f"NIC proxy on {nic}: {exc}"
+            log.error("%s: cannot start the NIC proxy on %s: %s", replica.domain, nic, exc)
+            return
+        if replica.loop is not None:
+            replica.loop.netproxy = replica.nic
+        log.info("%s: NIC proxy on %s, fed by the primary", replica.domain, nic)
 
     # -- StartPrimary ------------------------------------------------------------
 
@@ -280,7 +302,8 @@ class AgentCore:
                 verify=replica.verify,
                 sink=self.sink,
                 hooks=self.config.hooks,
-                release=replica.proxy.data_path,
+                release=replica.proxy.data_path if isinstance(replica.proxy, proxy.PrimaryProxy) else None,
+                netproxy=replica.proxy.data_path if isinstance(replica.proxy, nicproxy.PrimaryNic) else None,
             )
             outcome = await self._run_link(
                 replica,
@@ -312,6 +335,9 @@ class AgentCore:
         """Starts the primary's proxy on the domain's service address, once."""
         if replica.proxy is not None:
             return
+        if replica.spec.HasField("network"):
+            await self._serve_nic(replica)
+            return
         spec = replica.spec.service
         replica.arming = Arming(
             replica.domain,
@@ -339,6 +365,47 @@ class AgentCore:
                 reason=colo_pb2.ERROR_REASON_CANNOT_SERVE,
             )
         log.info("%s: serving clients on %s", replica.domain, replica.service_address)
+
+    async def _serve_nic(self, replica: Replica) -> None:
+        """The primary's NIC proxy on spec.network (clients reach the guest's own
+        address through the uplink: there is no service address); a promoted
+        secondary's own proxy, bridged to the uplink."""
+        network = replica.spec.network
+        promoted = replica.nic is not None  # its guest is the secondary's
+        try:
+            if replica.nic is not None:
+                nic, replica.nic = replica.nic, None
+                replica.proxy = nicproxy.PrimaryNic.promoted(replica.domain, nic, network)
+            else:
+                replica.arming = Arming(
+                    replica.domain,
+                    host_id=self.config.host_id,
+                    coordinator=self.coordinator,
+                    pair=lambda: (replica.generation, replica.epoch),
+                )
+                primary = nicproxy.PrimaryNic(
+                    replica.domain,
+                    network,
+                    replica.spec,
+                    arming=replica.arming,
+                    compare_timeout=seconds(replica.spec.service.reply_timeout, REPLY_TIMEOUT),
+                )
+                await primary.start()
+                replica.proxy = primary
+        except (native.NativeError, OSError, ValueError) as exc:
+            replica.proxy = replica.arming = None
+            fail(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"cannot start the NIC proxy of {replica.domain} on {network.interface} / "
+                f"{network.uplink}: {exc}",
+                reason=colo_pb2.ERROR_REASON_CANNOT_SERVE,
+            )
+        log.info(
+            "%s: NIC proxy between %s and %s",
+            replica.domain,
+            network.uplink,
+            domains.guest_nic(network, secondary=promoted),
+        )
 
     async def _connect(self, req: colo_pb2.StartPrimaryRequest, secret: bytes, channel: int) -> socket.socket:
         try:

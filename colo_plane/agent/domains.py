@@ -69,12 +69,19 @@ def _check_backend(spec: colo_pb2.DomainSpec) -> None:
 SYS_NET = Path("/sys/class/net")
 
 
-def check_network(spec: colo_pb2.DomainSpec, *, sys_net: Path = SYS_NET) -> None:
+def guest_nic(network: colo_pb2.NetworkSpec, *, secondary: bool) -> str:
+    """This host's guest NIC: the secondary's may have a name of its own."""
+    return network.secondary_interface if secondary and network.secondary_interface else network.interface
+
+
+def check_network(spec: colo_pb2.DomainSpec, *, secondary: bool = False, sys_net: Path = SYS_NET) -> None:
     """FAILED_PRECONDITION (NO_NIC) for a spec.network interface this host
     does not have, at pair setup rather than at the first frame."""
     if not spec.HasField("network"):
         return
-    for field, name in (("interface", spec.network.interface), ("uplink", spec.network.uplink)):
+    nic = guest_nic(spec.network, secondary=secondary)
+    nic_field = "secondary_interface" if secondary and spec.network.secondary_interface else "interface"
+    for field, name in ((nic_field, nic), ("uplink", spec.network.uplink)):
         if not (sys_net / name).exists():
             fail(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -82,12 +89,6 @@ def check_network(spec: colo_pb2.DomainSpec, *, sys_net: Path = SYS_NET) -> None
                 "create it (for a Xen guest, start the domain so its vif exists) or fix the spec",
                 reason=colo_pb2.ERROR_REASON_NO_NIC,
             )
-    fail(
-        grpc.StatusCode.UNIMPLEMENTED,
-        "spec.network: the NIC path (docs/proxy.md) is built and tested on its own, but the agent "
-        "does not drive it yet; leave spec.network unset for the sim service",
-        reason=colo_pb2.ERROR_REASON_CANNOT_SERVE,
-    )
 
 
 def open_domain(
@@ -97,7 +98,7 @@ def open_domain(
     bounds are checked by the caller (colo_plane.spec); this host's own
     limits here."""
     _check_backend(spec)
-    check_network(spec)
+    check_network(spec, secondary=secondary)
     if spec.WhichOneof("backend") == "xen":
         name = spec.xen.secondary_name if secondary and spec.xen.secondary_name else spec.xen.name
         dom = native.Domain.xen(name)

@@ -16,6 +16,7 @@ from colo_plane import metrics, native
 from colo_plane.agent.secondary import IO_TIMEOUT, ProtocolError
 from colo_plane.agent.syncpoints import Role, Stats, SyncPoint, SyncSink, Verify, now_ns
 from colo_plane.native import ControlId, Direction, EventKind, TestHooks
+from colo_plane.native.netproxy import NetProxy
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class PrimaryLink:
         sink: SyncSink,
         hooks: TestHooks | None = None,
         release: native.Proxy | None = None,
+        netproxy: NetProxy | None = None,
     ) -> None:
         self.domain = domain
         self.generation = generation
@@ -51,6 +53,7 @@ class PrimaryLink:
         self.sink = sink
         self.hooks = hooks or TestHooks()
         self.release = release  # the proxy whose held replies a checkpoint releases, in C
+        self.netproxy = netproxy  # or the NIC proxy: last_seq and held frames, in C
         self.lock = threading.Lock()  # one checkpoint at a time
         self.broken = ""
         self._writer = native.StreamWriter(sock, timeout=IO_TIMEOUT)
@@ -120,7 +123,10 @@ class PrimaryLink:
         return verify
 
     def _service_seq(self) -> int:
-        """The last client request the guest processed (sim service), read while paused."""
+        """The last client request the guest processed (sim service), or the last
+        frame the NIC proxy gave it, read while paused."""
+        if self.netproxy is not None:
+            return self.netproxy.last_seq
         try:
             return self.dom.service_seq()
         except native.BackendError:
@@ -168,7 +174,7 @@ class PrimaryLink:
         """Runs wait() (arming.py's: in C, without the lock, so GetStatus may
         hash meanwhile) until the checkpoint is to start, then the checkpoint
         at once, on this thread.  native.Disarmed: it never started."""
-        if self.release is None:
+        if self.release is None and self.netproxy is None:
             raise ProtocolError("an armed checkpoint needs the domain's proxy")
         if self.broken:
             raise ProtocolError(f"data connection already failed: {self.broken}")
@@ -225,6 +231,7 @@ class PrimaryLink:
                 epoch=epoch,
                 page_hashes=self._mine,
                 proxy=self.release,
+                netproxy=self.netproxy,
                 test_hooks=self.hooks,
             )
         except native.NativeError as exc:

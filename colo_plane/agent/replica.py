@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from colo_plane import native
 from colo_plane._proto import colo_pb2
 from colo_plane.agent.arming import Arming
+from colo_plane.agent.nicproxy import PrimaryNic
 from colo_plane.agent.primary import PrimaryLink
 from colo_plane.agent.proxy import PrimaryProxy
 from colo_plane.agent.secondary import SecondaryLoop
 from colo_plane.agent.syncpoints import Role, Stats, SyncSink, Verify
+from colo_plane.native.netproxy import NetProxy
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,10 @@ class Replica:
     last_error: str = ""
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)  # one command changing the replica at a time
     accept_task: asyncio.Task[None] | None = None
-    proxy: PrimaryProxy | None = None  # primary: the client side
+    proxy: PrimaryProxy | PrimaryNic | None = None  # primary: the client side (sim service or NIC)
     arming: Arming | None = None  # primary, with its proxy: when checkpoints start (arming.py)
     proxy_task: asyncio.Task[None] | None = None  # secondary: runs forwarded requests
+    nic: NetProxy | None = None  # secondary with spec.network: kept across promotion
     service_address: str = ""
     stood_down: bool = False  # superseded: paused, not serving, waiting for Release
 
@@ -108,6 +111,9 @@ class Replica:
     async def close(self) -> None:
         await self.disconnect()
         await self.stop_serving()
+        if self.nic is not None:
+            await asyncio.to_thread(self.nic.close)  # joins its C thread
+            self.nic = None
         await asyncio.to_thread(self.dom.close)  # joins the vCPU, unmaps guest memory: not on the loop
 
     # -- what GetStatus shows ----------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from colo_plane import metrics, native
 from colo_plane.agent.syncpoints import Role, Stats, SyncPoint, SyncSink, Verify, now_ns
 from colo_plane.native import ControlId, Direction, EventKind
+from colo_plane.native.netproxy import NetProxy
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class SecondaryLoop:
         self.verify = verify
         self.sink = sink
         self.state = SecondaryState()
+        self.netproxy: NetProxy | None = None  # the NIC proxy, once its link arrived
         self.lock = threading.Lock()  # held while the domain is being changed
         self._writer = native.StreamWriter(sock, timeout=IO_TIMEOUT)
         self._reader = native.StreamReader(
@@ -174,6 +176,8 @@ class SecondaryLoop:
             verify = self._send_verify(event.epoch) if self.verify else None
             self.state.epoch, self.state.last_seq = event.epoch, event.last_seq
             self._sync(ControlId.SECONDARY_READY, event.epoch, stats, verify)
+            if self.netproxy is not None:  # as native/checkpoint.c does for the later ones
+                self.netproxy.checkpoint_done(event.epoch, event.last_seq)
             self.dom.unpause()
         self._sync(ControlId.SECONDARY_RESUMED, event.epoch, stats)
         self.state.last_stats = stats
@@ -199,6 +203,7 @@ class SecondaryLoop:
                     generation=self.generation,
                     epoch=epoch,
                     page_hashes=self._hashes,
+                    netproxy=self.netproxy,
                 )
             except native.NativeError as exc:
                 if exc.checkpoint is not None and exc.checkpoint.t_suspended_ns:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 
 class OneWayRelay:
@@ -13,8 +14,9 @@ class OneWayRelay:
     While `cut` is set, bytes from the dialling side are read and dropped
     (nothing reaches the target); bytes back from the target still flow."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], dial: Callable[[], socket.socket] | None = None) -> None:
         self.target = target
+        self.dial = dial or (lambda: socket.create_connection(self.target, timeout=2))
         self.cut = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
@@ -29,7 +31,7 @@ class OneWayRelay:
             except OSError:
                 return
             try:
-                up = socket.create_connection(self.target, timeout=2)
+                up = self.dial()
             except OSError:
                 down.close()
                 continue

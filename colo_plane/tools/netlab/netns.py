@@ -82,6 +82,7 @@ class Lab:
         for ns in (self.client, self.primary, self.secondary, self.host):
             ip("netns", "add", ns)
             self._made.append(ns)
+        ip("-n", self.host, "link", "set", "lo", "up")  # agents run here too (their loopback)
         self._veth(self.client, "c0", "up0", CLIENT_MAC, CLIENT_IP)
         self._veth(self.primary, "g0", "pg", GUEST_MAC, GUEST_IP)
         self._veth(self.secondary, "g0", "sg", GUEST_MAC, GUEST_IP)
