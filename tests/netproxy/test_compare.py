@@ -86,6 +86,21 @@ def test_malformed_link_frame_drops_the_link_and_holds_output(make_pair: MakePai
         b.close()
 
 
+def _settled(p: NetProxy, quiet: float = 0.3, timeout: float = 10.0) -> None:
+    """Waits until the proxy's frame counts stop moving for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        st = p.stats()
+        now = (st.ingress, st.egress, st.held, st.held_bytes)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the proxy's counts never settled: {last}")
+
+
 def test_compare_resumes_in_step_after_a_checkpoint(lab: netns.Lab) -> None:
     lab.start_server(lab.primary, PORT)
     lab.start_server(lab.secondary, PORT)
@@ -107,7 +122,7 @@ def test_compare_resumes_in_step_after_a_checkpoint(lab: netns.Lab) -> None:
             for i in range(5):  # sent while the connection is diverged
                 f.write(f"SET y {i}\n".encode())
                 f.flush()
-            time.sleep(0.5)
+            _settled(p)  # both guests' answers in: a busy box can take longer than any fixed sleep
             assert p.stats().mismatch["tcp"] == 1
             p.checkpoint_done(1, p.last_seq)
             assert f.readline() == b"VAL 1 00000000\n"
